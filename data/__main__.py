@@ -1,0 +1,106 @@
+"""Look at the toy world, or write it to disk.
+
+    python -m data [--out contact_sheet.png] [--seed 0]     a contact sheet: a few samples per task
+    python -m data write --task vqa --split train --n 100 --out DIR     a dataset folder (data/folder.py)
+"""
+import argparse
+import textwrap
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .folder import write_folder
+from .sound import SAMPLE_RATE
+from .tasks import SPLITS, TASKS, get_sample
+
+COLUMNS = 3
+ROLE_COLOURS = {"human": "#333333", "gpt": "#1f5fbf"}
+
+
+def strip(frames, gap=2):
+    """Images side by side with a white gap between them: (H, W, 3) uint8."""
+    h = frames[0].shape[0]
+    pieces = [p for f in frames for p in (np.full((h, gap, 3), 255, np.uint8), f)][1:]
+    return np.concatenate(pieces, axis=1)
+
+
+def log_spectrogram(x, n=256, hop=64):
+    """Magnitude STFT in dB below the peak, clipped at -60: (n // 2 + 1, frames), low freqs first."""
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[::hop] * np.hanning(n)
+    db = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)) + 1e-9)
+    return np.clip(db - db.max(), -60, 0).T
+
+
+def show_media(ax, sample):
+    """Draw a sample's media into ax: images and video frames as strips, sound as a spectrogram."""
+    media = sample["media"]
+    ax.set_axis_off()
+    if not media:
+        ax.text(0.5, 0.5, "(text only)", ha="center", va="center", color="#999999", fontsize=9,
+                transform=ax.transAxes)
+    elif media[0]["type"] in ("image", "video"):
+        frames = [m["data"] for m in media] if media[0]["type"] == "image" else list(media[0]["data"])
+        ax.imshow(strip(frames), interpolation="nearest")
+    else:
+        x = media[0]["data"]
+        ax.imshow(log_spectrogram(x), origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, len(x) / SAMPLE_RATE, 0, SAMPLE_RATE / 2000))
+        ax.set_axis_on()
+        ax.set_yticks([0, 4, 8])
+        ax.set_xlabel("seconds", fontsize=6, labelpad=1)
+        ax.set_ylabel("kHz", fontsize=6, labelpad=1)
+        ax.tick_params(labelsize=6, length=2, pad=1)
+
+
+def show_text(ax, sample, width=46):
+    """The conversation under the media, one wrapped line after another, answers in blue."""
+    ax.set_axis_off()
+    line = 0
+    for turn in sample["conversations"]:
+        for text in textwrap.wrap(f"{turn['from']}: {turn['value']}", width, subsequent_indent="   "):
+            ax.annotate(text, (0, 1), xycoords="axes fraction", xytext=(0, -11 * line), textcoords="offset points",
+                        va="top", fontsize=8, family="monospace", color=ROLE_COLOURS[turn["from"]],
+                        weight="bold" if turn["from"] == "gpt" else "normal")
+            line += 1
+
+
+def contact_sheet(out, seed=0):
+    """One row per task, COLUMNS train samples each: the media and, under it, the conversation."""
+    fig = Figure(figsize=(4.3 * COLUMNS, 2.9 * len(TASKS)))
+    grid = fig.add_gridspec(2 * len(TASKS), COLUMNS, height_ratios=[1.5, 1.25] * len(TASKS),
+                            left=0.035, right=0.99, top=0.985, bottom=0.005, wspace=0.12, hspace=0.25)
+    for row, task in enumerate(TASKS):
+        for col in range(COLUMNS):
+            s = get_sample(task, "train", col, seed)
+            ax = fig.add_subplot(grid[2 * row, col])
+            show_media(ax, s)
+            ax.set_title(f"{s['id']}  ({s['kind']})", fontsize=8, color="#555555", pad=3)
+            show_text(fig.add_subplot(grid[2 * row + 1, col]), s)
+        box = grid[2 * row, 0].get_position(fig)
+        fig.text(0.01, (box.y0 + box.y1) / 2, task, rotation=90, ha="left", va="center", fontsize=11,
+                 weight="bold")
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="contact_sheet.png", help="where to write the contact sheet")
+    p.add_argument("--seed", type=int, default=0)
+    sub = p.add_subparsers(dest="command")
+    w = sub.add_parser("write", help="write a toy task to a dataset folder")
+    w.add_argument("--task", required=True, choices=list(TASKS))
+    w.add_argument("--split", default="train", choices=SPLITS)
+    w.add_argument("--n", type=int, default=100)
+    w.add_argument("--out", dest="folder", required=True, help="the dataset folder to write")
+    w.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.command == "write":
+        print(f"wrote {write_folder(args.folder, args.task, args.split, args.n, args.seed)}")
+    else:
+        print(f"wrote {contact_sheet(args.out, args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""From samples to batches: the task mixture, the collate function and the loader.
+
+A conversation becomes one token sequence
+
+    <bos> human <sep> gpt <eos> human <sep> gpt <eos> ...      (a text-only sample: <bos> gpt <eos>)
+
+and each media marker in it is repeated `media_tokens[modality]` times: that is how many sequence
+positions the model wants for one item (LLaVA: its patch count, Flamingo: 1, ...). The model fills
+those positions. `tokens` and `targets` are the sequence shifted by one, and a target is -100
+(no loss) unless it is a gpt token, so the model learns to answer, not to ask.
+"""
+import itertools
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .tasks import get_sample
+from .tokenizer import MEDIA
+
+IGNORE = -100
+
+
+class Mixture(Dataset):
+    """`length` samples of a weighted task mixture: item i is task t(i) at index i, a pure
+    function of (tasks, split, i, seed), so the data position is just an index."""
+
+    def __init__(self, tasks, split="train", length=10**6, seed=0):
+        self.tasks = tasks if isinstance(tasks, dict) else {t: 1.0 for t in tasks}
+        w = np.array(list(self.tasks.values()), dtype=np.float64)
+        if len(w) == 0 or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"task weights must be non-negative with a positive sum, got {self.tasks}")
+        self.cum = np.cumsum(w / w.sum())
+        self.names, self.split, self.length, self.seed = list(self.tasks), split, length, seed
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        u = np.random.default_rng([self.seed, 7, i]).random()
+        task = self.names[min(int(np.searchsorted(self.cum, u, side="right")), len(self.names) - 1)]
+        return get_sample(task, self.split, i, self.seed)
+
+
+def media_tensor(kind, data):
+    """A media item as the models take it: images (3, H, W) and videos (F, 3, H, W) float in
+    [0, 1] from uint8 HWC; audio and speech (N,) float waveforms."""
+    x = torch.from_numpy(np.array(data, dtype=np.uint8 if kind in ("image", "video") else np.float32))
+    if kind == "image":
+        return x.permute(2, 0, 1).float() / 255
+    if kind == "video":
+        return x.permute(0, 3, 1, 2).float() / 255
+    return x
+
+
+class Collator:
+    """Turns a list of samples into {"tokens", "targets", "media", "kinds", "tasks"}."""
+
+    def __init__(self, tokenizer, media_tokens, max_len=None):
+        self.tok, self.media_tokens, self.max_len = tokenizer, dict(media_tokens), max_len
+        self.marker = {tokenizer.stoi[f"<{m}>"]: m for m in MEDIA}
+
+    def encode(self, sample):
+        """The sequence ids of one sample and, per id, whether it carries loss."""
+        ids, loss = [self.tok.bos], [False]
+        for turn in sample["conversations"]:
+            gpt = turn["from"] == "gpt"
+            part = self.tok.encode(turn["value"]) + [self.tok.eos if gpt else self.tok.sep]
+            ids += part
+            loss += [gpt] * len(part)
+        kinds = [self.marker[i] for i in ids if i in self.marker]
+        given = [m["type"] for m in sample["media"]]
+        if kinds != given:
+            raise ValueError(f"sample {sample.get('id')}: the text's media markers {kinds} do not match its "
+                             f"media {given}; write one <{'>/<'.join(MEDIA)}> marker per media item, in order")
+        out_ids, out_loss = [], []
+        for i, l in zip(ids, loss):
+            n = 1
+            if i in self.marker:
+                if self.marker[i] not in self.media_tokens:
+                    raise ValueError(f"sample {sample.get('id')}: this model takes no {self.marker[i]} "
+                                     f"(it accepts {sorted(self.media_tokens)})")
+                n, l = self.media_tokens[self.marker[i]], False  # the model fills these; no loss
+            out_ids += [i] * n
+            out_loss += [l] * n
+        if self.max_len and len(out_ids) > self.max_len + 1:
+            raise ValueError(f"sample {sample.get('id')}: {len(out_ids)} tokens exceed max_len={self.max_len}")
+        return out_ids, out_loss
+
+    @staticmethod
+    def prompt(sample):
+        """Split off the final answer for evaluation: (the sample without it, the answer text).
+        Encoding the first gives the prompt ids, ending in <sep>: where the model must answer."""
+        *head, last = sample["conversations"]
+        if last["from"] != "gpt" or not head:
+            raise ValueError(f"sample {sample.get('id')}: evaluation needs a prompt then a final gpt answer")
+        n = sum(t["value"].count(f"<{m}>") for t in head for m in MEDIA)
+        return {**sample, "conversations": head, "media": sample["media"][:n]}, last["value"]
+
+    def pack_media(self, samples):
+        """Stack each modality's items in order of appearance across the batch (row-major)."""
+        items = {}
+        for s in samples:
+            for m in s["media"]:
+                items.setdefault(m["type"], []).append(media_tensor(m["type"], m["data"]))
+        return {k: torch.stack(v) for k, v in items.items()}
+
+    def __call__(self, samples):
+        seqs = [self.encode(s) for s in samples]
+        T = max(len(ids) for ids, _ in seqs) - 1
+        tokens = torch.full((len(samples), T), self.tok.pad, dtype=torch.long)
+        targets = torch.full((len(samples), T), IGNORE, dtype=torch.long)
+        for b, (ids, loss) in enumerate(seqs):
+            ids_t = torch.tensor(ids)
+            tokens[b, :len(ids) - 1] = ids_t[:-1]
+            targets[b, :len(ids) - 1] = torch.where(torch.tensor(loss[1:]), ids_t[1:], IGNORE)
+        return {"tokens": tokens, "targets": targets, "media": self.pack_media(samples),
+                "tasks": [s["task"] for s in samples], "kinds": [s.get("kind", s["task"]) for s in samples]}
+
+
+class SkipSampler(Sampler):
+    """A DistributedSampler that starts `start` items into its sequence: exact resume."""
+
+    def __init__(self, sampler, start=0):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self):
+        return max(len(self.sampler) - self.start, 0)
+
+
+def make_loader(dataset, collator, batch_size, rank=0, world_size=1, start=0, workers=0, shuffle=False, seed=0):
+    """Batches for one rank. Rank r reads items r, r+W, r+2W, ... so the W ranks together read the
+    same global batches as one process with batch_size*W. `start` counts this rank's items already
+    consumed."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                 drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size, sampler=SkipSampler(sampler, start), collate_fn=collator,
+                      num_workers=workers, drop_last=True, persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers else None)

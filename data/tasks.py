@@ -1,0 +1,207 @@
+"""Named toy tasks. Each is a pure function of (split, index, seed) that returns one *sample*:
+
+    {"id": "vqa/train/17", "task": "vqa", "kind": "colour",
+     "conversations": [{"from": "human", "value": "<image> what colour is the circle?"},
+                       {"from": "gpt", "value": "red"}],
+     "media": [{"type": "image", "data": uint8 (64, 64, 3)}]}
+
+This is the LLaVA conversation format: media markers (<image> <audio> <speech> <video>) sit in the
+text where the media goes, and `media` lists the items in the order of their markers. Loss is taken
+on "gpt" turns only (a text-only sample is a single gpt turn). `kind` names the question type, so
+accuracy can be reported per type.
+
+Splits. A sample's *content* (the discrete scene, tone, utterance or motion, without the question
+or the pixel jitter) is hashed into train (90%), val (5%) or test (5%), and a split only keeps the
+content that hashes to it: no scene of the test split is ever seen in training, whatever the index.
+(audio_qa, whose tones are too few to split, hashes the tones together with the question kind.)
+The "compose" split is the complement of all three for the tasks that have held-out attribute
+combinations (world.HELDOUT_PAIRS for shapes, HELDOUT_TONES for tones): it measures whether a
+model generalises to combinations it never saw, e.g. a red triangle when it only saw red squares
+and blue triangles.
+"""
+import hashlib
+import zlib
+
+import numpy as np
+
+from . import sound, world
+
+SPLITS = ("train", "val", "test", "compose")
+NUMBERS = ("zero", "one", "two", "three", "four")
+HELDOUT_TONES = {("low", "saw"), ("mid", "sine"), ("high", "square")}
+
+
+def _bucket(content):
+    h = int.from_bytes(hashlib.blake2b(repr(content).encode(), digest_size=8).digest(), "little")
+    return "train" if h % 100 < 90 else "val" if h % 100 < 95 else "test"
+
+
+def draw(task, split, index, seed, sample, novel=None):
+    """Sample content for (task, split, index, seed) from `sample(rng)`, rejecting content that
+    belongs to another split. Returns the content and the rng, to be used for the rest."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split == "compose" and novel is None:
+        raise ValueError(f"task {task!r} has no compose split (no held-out combinations)")
+    rng = np.random.default_rng([seed, zlib.crc32(task.encode()), SPLITS.index(split), index])
+    for _ in range(100_000):
+        content = sample(rng)
+        is_new = novel is not None and novel(content)
+        if (split == "compose") == is_new and (is_new or _bucket(content) == split):
+            return content, rng
+    raise RuntimeError(f"could not draw a {split} sample for {task!r}")
+
+
+def _sample(task, split, index, kind, turns, media=()):
+    """Assemble a sample; `turns` alternate human, gpt, human, gpt ..."""
+    roles = ["human", "gpt"] * len(turns)
+    convs = [{"from": r, "value": v} for r, v in zip(roles, turns)]
+    return {"id": f"{task}/{split}/{index}", "task": task, "kind": kind, "conversations": convs,
+            "media": [{"type": t, "data": d} for t, d in media]}
+
+
+def _image(split, index, seed, task, **scene_args):
+    scene, rng = draw(task, split, index, seed, lambda r: world.sample_scene(r, **scene_args),
+                      world.is_novel)
+    return scene, rng, world.render_scene(scene, rng)
+
+
+# ----------------------------------------------------------------------------- image tasks
+
+def caption(split, index, seed=0):
+    scene, rng, img = _image(split, index, seed, "caption")
+    return _sample("caption", split, index, "caption", ["<image>", world.describe(scene)], [("image", img)])
+
+
+VQA_KINDS = ("colour", "shape", "position", "size", "count")
+
+
+def vqa(split, index, seed=0, task="vqa", min_objects=1, max_objects=3):
+    scene, rng, img = _image(split, index, seed, task, min_objects=min_objects, max_objects=max_objects)
+    kind = VQA_KINDS[int(rng.integers(len(VQA_KINDS)))]
+    # in the compose split, ask about a held-out object whenever the question names one
+    pool = [o for o in scene if world.is_novel([o])] if split == "compose" else scene
+    o = pool[int(rng.integers(len(pool)))]
+    question, answer = {
+        "colour": (f"what colour is the {o.shape}?", o.colour),
+        "shape": (f"what shape is the {o.colour} one?", o.shape),
+        "position": (f"where is the {o.colour} {o.shape}?", world.POSITIONS[o.cell]),
+        "size": (f"what size is the {o.colour} {o.shape}?", o.size),
+        "count": ("how many shapes are there?", NUMBERS[len(scene)]),
+    }[kind]
+    return _sample(task, split, index, kind, [f"<image> {question}", answer], [("image", img)])
+
+
+def vqa_one(split, index, seed=0):
+    """VQA on scenes of a single shape: the first step of a curriculum."""
+    return vqa(split, index, seed, task="vqa_one", max_objects=1)
+
+
+def interleaved(split, index, seed=0):
+    """A multi-image document: 2-3 images, each captioned by colour and shape only, then a
+    question about the position or size of one of them: the answer is only in that image."""
+    def sample(rng):
+        n = int(rng.integers(2, 4))
+        colours = rng.choice(list(world.COLOURS), n, replace=False)
+        shapes = rng.choice(world.SHAPES, n, replace=False)
+        return tuple(world.Obj(int(rng.integers(9)), str(c), str(s), str(rng.choice(world.SIZES)))
+                     for c, s in zip(colours, shapes))
+    objs, rng = draw("interleaved", split, index, seed, sample, world.is_novel)
+    turns, media = [], []
+    for o in objs:
+        turns += ["<image>", f"a {o.colour} {o.shape}"]
+        media.append(("image", world.render_scene([o], rng)))
+    pool = [o for o in objs if world.is_novel([o])] if split == "compose" else objs
+    o = pool[int(rng.integers(len(pool)))]
+    kind = "position" if rng.random() < 0.5 else "size"
+    if kind == "position":
+        turns += [f"where was the {o.colour} {o.shape}?", world.POSITIONS[o.cell]]
+    else:
+        turns += [f"what size was the {o.colour} {o.shape}?", o.size]
+    return _sample("interleaved", split, index, kind, turns, media)
+
+
+def text_to_image(split, index, seed=0):
+    scene, rng, img = _image(split, index, seed, "text_to_image")
+    return _sample("text_to_image", split, index, "draw",
+                   [f"draw {world.describe(scene)}.", "<image>"], [("image", img)])
+
+
+# ----------------------------------------------------------------------------- other modalities
+
+def audio_qa(split, index, seed=0):
+    # the tones alone are only 24 contents outside the compose split: too few to hash into
+    # 90/5/5 (none of them lands in test), so here the content is the tones plus the question kind
+    def sample(rng):
+        return {**sound.sample_tones(rng), "kind": ("count", "pitch", "timbre")[int(rng.integers(3))]}
+    tones, rng = draw("audio_qa", split, index, seed, sample,
+                      lambda t: (t["pitch"], t["timbre"]) in HELDOUT_TONES)
+    kind = tones["kind"]
+    question, answer = {
+        "count": ("how many beeps are there?", NUMBERS[tones["beeps"]]),
+        "pitch": ("what pitch is it?", tones["pitch"]),
+        "timbre": ("what timbre is it?", tones["timbre"]),
+    }[kind]
+    wav = sound.render_tones(tones, rng)
+    return _sample("audio_qa", split, index, kind, [f"<audio> {question}", answer], [("audio", wav)])
+
+
+def speech(split, index, seed=0):
+    utt, rng = draw("speech", split, index, seed, sound.sample_utterance)
+    wav = sound.render_speech(utt, rng)
+    return _sample("speech", split, index, "transcribe",
+                   ["<speech> what digits are said?", " ".join(utt["digits"])], [("speech", wav)])
+
+
+def video_qa(split, index, seed=0):
+    motion, rng = draw("video_qa", split, index, seed, world.sample_motion,
+                       lambda m: (m.colour, m.shape) in world.HELDOUT_PAIRS
+                       or bool(m.distractor) and tuple(m.distractor[:2]) in world.HELDOUT_PAIRS)
+    kind = ("direction", "colour", "shape")[int(rng.integers(3))]
+    question, answer = {
+        "direction": (f"which way does the {motion.colour} {motion.shape} move?", motion.direction),
+        "colour": ("what colour is the moving shape?", motion.colour),
+        "shape": ("what shape is moving?", motion.shape),
+    }[kind]
+    frames = world.render_video(motion, rng)
+    return _sample("video_qa", split, index, kind, [f"<video> {question}", answer], [("video", frames)])
+
+
+def text(split, index, seed=0):
+    """Text-only sentences of the same grammar, for language-model pre-training."""
+    def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
+        while True:
+            form, scene, tones = int(rng.integers(4)), world.sample_scene(rng), sound.sample_tones(rng)
+            if not world.is_novel(scene) and (tones["pitch"], tones["timbre"]) not in HELDOUT_TONES:
+                return form, scene, tones, sound.sample_utterance(rng)
+    (form, scene, tones, utt), rng = draw("text", split, index, seed, sample)
+    o = scene[0]
+    sentence = [
+        world.describe(scene),
+        f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
+        f"there are {NUMBERS[len(scene)]} shapes and {NUMBERS[tones['beeps']]} "
+        f"{tones['pitch']} {tones['timbre']} beeps",
+        "the digits are " + " ".join(utt["digits"]),
+    ][form]
+    return {"id": f"text/{split}/{index}", "task": "text", "kind": "text",
+            "conversations": [{"from": "gpt", "value": sentence}], "media": []}
+
+
+TASKS = {f.__name__: f for f in (caption, vqa, vqa_one, interleaved, text_to_image, audio_qa,
+                                 speech, video_qa, text)}
+
+
+def get_sample(task, split, index, seed=0):
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    return TASKS[task](split, index, seed)
+
+
+# every word the grammar can produce: the tokenizer's vocabulary
+WORDS = sorted(set(
+    list(world.COLOURS) + list(world.SHAPES) + list(world.SIZES)
+    + " ".join(world.POSITIONS).split() + list(world.DIRECTIONS) + list(NUMBERS)
+    + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
+    + """a and at the what colour shape is one where size how many shapes are there was draw
+    beeps pitch it timbre digits said which way does move moving""".split()))
+PUNCTUATION = ("?", ".")
