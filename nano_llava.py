@@ -1,4 +1,4 @@
-"""nano_llava.py: LLaVA in one file. Type C fusion: non-tokenized early fusion.
+r"""nano_llava.py: LLaVA in one file. Type C fusion: non-tokenized early fusion.
 
 Papers: LLaVA, Visual Instruction Tuning (arXiv 2304.08485) and LLaVA-1.5, Improved Baselines with
 Visual Instruction Tuning (arXiv 2310.03744). Fusion taxonomy: arXiv 2405.17927, Type C: a continuous

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import IGNORE, TASKS, Collator, Mixture, Tokenizer, get_sample, make_loader
+from data import IGNORE, Collator, Folder, Mixture, Tokenizer, get_sample, make_loader
 
 MODELS = {"llava": "nano_llava", "flamingo": "nano_flamingo", "cogvlm": "nano_cogvlm",
           "chameleon": "nano_chameleon", "unimoe": "nano_unimoe"}
@@ -405,7 +405,6 @@ class Trainer:
             self.log.write(kind="phase", phase=phase, gstep=gstep)
         per_step = B * a.grad_accum  # items one rank reads per optimizer step
         if a.data:
-            from data.folder import Folder
             ds, shuffle = Folder(a.data), True
             ds = torch.utils.data.Subset(ds, [i % len(ds) for i in range(steps * per_step * self.world)])
         else:

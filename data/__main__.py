@@ -55,13 +55,12 @@ def show_media(ax, sample):
 def show_text(ax, sample, width=46):
     """The conversation under the media, one wrapped line after another, answers in blue."""
     ax.set_axis_off()
-    line = 0
-    for turn in sample["conversations"]:
-        for text in textwrap.wrap(f"{turn['from']}: {turn['value']}", width, subsequent_indent="   "):
-            ax.annotate(text, (0, 1), xycoords="axes fraction", xytext=(0, -11 * line), textcoords="offset points",
-                        va="top", fontsize=8, family="monospace", color=ROLE_COLOURS[turn["from"]],
-                        weight="bold" if turn["from"] == "gpt" else "normal")
-            line += 1
+    lines = [(t["from"], text) for t in sample["conversations"]
+             for text in textwrap.wrap(f"{t['from']}: {t['value']}", width, subsequent_indent="   ")]
+    for k, (role, text) in enumerate(lines):
+        ax.annotate(text, (0, 1), xycoords="axes fraction", xytext=(0, -11 * k), textcoords="offset points",
+                    va="top", fontsize=8, family="monospace", color=ROLE_COLOURS[role],
+                    weight="bold" if role == "gpt" else "normal")
 
 
 def contact_sheet(out, seed=0):

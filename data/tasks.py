@@ -167,6 +167,11 @@ def video_qa(split, index, seed=0):
     return _sample("video_qa", split, index, kind, [f"<video> {question}", answer], [("video", frames)])
 
 
+def counted(n, noun):
+    """'is one shape', 'are two shapes'."""
+    return f"is one {noun}" if n == 1 else f"are {NUMBERS[n]} {noun}s"
+
+
 def text(split, index, seed=0):
     """Text-only sentences of the same grammar, for language-model pre-training."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
@@ -179,8 +184,8 @@ def text(split, index, seed=0):
     sentence = [
         world.describe(scene),
         f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
-        f"there are {NUMBERS[len(scene)]} shapes and {NUMBERS[tones['beeps']]} "
-        f"{tones['pitch']} {tones['timbre']} beeps",
+        f"there {counted(len(scene), 'shape')} and {NUMBERS[tones['beeps']]} {tones['pitch']} "
+        f"{tones['timbre']} beep{'s' * (tones['beeps'] > 1)}",
         "the digits are " + " ".join(utt["digits"]),
     ][form]
     return {"id": f"text/{split}/{index}", "task": "text", "kind": "text",
@@ -203,5 +208,5 @@ WORDS = sorted(set(
     + " ".join(world.POSITIONS).split() + list(world.DIRECTIONS) + list(NUMBERS)
     + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
     + """a and at the what colour shape is one where size how many shapes are there was draw
-    beeps pitch it timbre digits said which way does move moving""".split()))
+    beep beeps pitch it timbre digits said which way does move moving""".split()))
 PUNCTUATION = ("?", ".")

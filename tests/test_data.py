@@ -1,0 +1,548 @@
+"""Tests for the toy world's data contract (DESIGN.md section 3): tasks, splits, tokenizer, collation.
+
+Content is checked from the media themselves where possible (world.analyse_image for pictures, a
+small spectrum analyser for tones, exact palette colours for videos), so a sample's text, its
+media and its split are tested against each other instead of against the code that made them.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data import sound, tasks, world
+from data.collate import IGNORE, Collator, Mixture, make_loader
+from data.tasks import HELDOUT_TONES, SPLITS, TASKS, get_sample
+from data.tokenizer import MEDIA, SPECIALS, Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA_TOKENS = {"image": 5, "audio": 3, "speech": 2, "video": 4}
+NO_COMPOSE = {"speech", "text"}
+HOLDOUT = ("train", "val", "test")
+TOK = Tokenizer()
+MARKER_IDS = {TOK.stoi[f"<{m}>"]: m for m in MEDIA}
+MEDIA_SHAPES = {"image": (np.uint8, (world.IMAGE_SIZE, world.IMAGE_SIZE, 3)),
+                "video": (np.uint8, (world.VIDEO_FRAMES, world.VIDEO_SIZE, world.VIDEO_SIZE, 3)),
+                "audio": (np.float32, (int(sound.SAMPLE_RATE * sound.AUDIO_SECONDS),)),
+                "speech": (np.float32, (int(sound.SAMPLE_RATE * sound.SPEECH_SECONDS),))}
+
+
+def splits_of(task):
+    return HOLDOUT if task in NO_COMPOSE else SPLITS
+
+
+_CACHE = {}
+
+
+def samples(task, split, n):
+    """The first n samples (seed 0) of a task's split, generated once per test session."""
+    got = _CACHE.setdefault((task, split), [])
+    while len(got) < n:
+        got.append(get_sample(task, split, len(got)))
+    return got[:n]
+
+
+def digest(sample, with_id=True):
+    """A hash of every byte of a sample: its text fields and each media array's dtype, shape, data."""
+    h = hashlib.sha256()
+    fields = {k: sample[k] for k in ("id", "task", "kind", "conversations") if with_id or k != "id"}
+    h.update(json.dumps(fields, sort_keys=True).encode())
+    for m in sample["media"]:
+        a = np.asarray(m["data"])
+        h.update(f"{m['type']}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def all_digests():
+    """Digests of a few samples of every task and split (also run in a subprocess, see below)."""
+    return {f"{t}/{s}/{i}": digest(get_sample(t, s, i, seed))
+            for t in TASKS for s in splits_of(t) for i, seed in ((7, 3),)}
+
+
+def text_of(sample):
+    return " ".join(t["value"] for t in sample["conversations"])
+
+
+def markers_in(text):
+    return re.findall(r"<(image|audio|speech|video)>", text)
+
+
+# ----------------------------------------------------------------------------- content analysers
+
+PAIR_RE = re.compile(rf"\b({'|'.join(world.COLOURS)}) ({'|'.join(world.SHAPES)})\b")
+TONE_RE = re.compile(rf"\b({'|'.join(sound.PITCHES)}) ({'|'.join(sound.TIMBRES)})\b")
+
+
+def pairs_in_text(text):
+    """Every "colour shape" pair a text mentions, e.g. "a small red circle at the top" -> (red, circle)."""
+    return set(PAIR_RE.findall(text))
+
+
+def analyse_tones(wav):
+    """Read a tones clip back into {"pitch", "beeps", "timbre"}: the loudest frequency gives the pitch
+    band, the 2nd and 3rd harmonics relative to it the timbre (saw has both, square only odd ones,
+    sine neither), and the number of loud 10 ms stretches separated by silence the beep count."""
+    x = np.asarray(wav, dtype=np.float64)
+    spec = np.abs(np.fft.rfft(x))
+    freqs = np.fft.rfftfreq(len(x), 1 / sound.SAMPLE_RATE)
+    band = (freqs > 150) & (freqs < 2000)
+    f0 = freqs[band][spec[band].argmax()]
+
+    def peak(f):
+        return spec[np.abs(freqs - f) < 15].max()
+
+    a2, a3 = peak(2 * f0) / peak(f0), peak(3 * f0) / peak(f0)
+    pitch = "low" if f0 < 400 else "mid" if f0 < 1000 else "high"
+    timbre = "saw" if a2 > 0.25 else "square" if a3 > 0.15 else "sine"
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames ** 2).mean(1))
+    on = rms > 0.3 * rms.max()
+    beeps = int(on[0]) + int((on[1:] & ~on[:-1]).sum())
+    return {"pitch": pitch, "beeps": beeps, "timbre": timbre}
+
+
+def video_pairs(frames):
+    """The (colour, shape) of every object in a video: exact palette colours (the renderer does not
+    anti-alias), the shape from how much of its bounding box it fills (median over frames)."""
+    out = set()
+    for name, rgb in world.COLOURS.items():
+        fills = []
+        for f in frames:
+            m = (f == np.array(rgb, dtype=np.uint8)).all(-1)
+            if m.sum() >= 10:
+                ys, xs = np.nonzero(m)
+                fills.append(m.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)))
+        if fills:
+            fill = float(np.median(fills))
+            out.add((name, "triangle" if fill < 0.65 else "circle" if fill < 0.9 else "square"))
+    return out
+
+
+def scenes_of(sample):
+    """The analysed scene of every image in a sample."""
+    return [world.analyse_image(m["data"]) for m in sample["media"] if m["type"] == "image"]
+
+
+def pairs_of(sample):
+    """Every (colour, shape) pair in a sample's media, read from the pixels."""
+    if sample["task"] == "video_qa":
+        return video_pairs(sample["media"][0]["data"])
+    return {(o.colour, o.shape) for scene in scenes_of(sample) for o in scene}
+
+
+# ----------------------------------------------------------------------------- 1. determinism
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_split_yields_well_formed_samples(task):
+    """Every split of every task draws samples in the LLaVA format, with markers matching media."""
+    for split in splits_of(task):
+        for i, s in enumerate(samples(task, split, 3)):
+            assert s["id"] == f"{task}/{split}/{i}" and s["task"] == task and isinstance(s["kind"], str)
+            roles = [t["from"] for t in s["conversations"]]
+            assert roles == (["gpt"] if task == "text" else ["human", "gpt"] * (len(roles) // 2)), s["id"]
+            assert markers_in(text_of(s)) == [m["type"] for m in s["media"]]
+            for m in s["media"]:
+                dtype, shape = MEDIA_SHAPES[m["type"]]
+                assert m["data"].dtype == dtype and m["data"].shape == shape, (s["id"], m["type"])
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_same_arguments_give_identical_bytes(task):
+    """(task, split, index, seed) fixes every byte of the sample: text and media arrays."""
+    for split in splits_of(task):
+        for i, seed in ((0, 0), (5, 2)):
+            assert digest(get_sample(task, split, i, seed)) == digest(get_sample(task, split, i, seed))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_other_index_or_seed_gives_other_sample(task):
+    """Changing the index or the seed changes the sample itself, not only its id."""
+    for split in splits_of(task):
+        base = digest(get_sample(task, split, 4, 0), with_id=False)
+        assert base != digest(get_sample(task, split, 5, 0), with_id=False), (split, "index")
+        assert base != digest(get_sample(task, split, 4, 1), with_id=False), (split, "seed")
+
+
+def test_samples_are_identical_in_a_fresh_process():
+    """Samples do not depend on process state such as Python's randomised str hash."""
+    code = (f"import json, sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]; "
+            "import test_data; print(json.dumps(test_data.all_digests()))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                         check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == all_digests()
+
+
+# ----------------------------------------------------------------------------- 2. splits
+
+def test_image_splits_share_no_scene():
+    """vqa and caption: no analysed scene appears in two of train/val/test, within or across tasks."""
+    scenes = {}
+    for split, n in (("train", 300), ("val", 120), ("test", 120)):
+        scenes[split] = set()
+        for task in ("vqa", "caption"):
+            for s in samples(task, split, n):
+                (scene,) = scenes_of(s)
+                if task == "caption":  # the analysis is right, so the comparison below means something
+                    assert world.describe(scene) == s["conversations"][1]["value"], s["id"]
+                scenes[split].add(scene)
+        assert len(scenes[split]) > 100, split  # enough distinct scenes for the test to have teeth
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not scenes[a] & scenes[b], (a, b, sorted(scenes[a] & scenes[b])[:3])
+
+
+def test_audio_qa_splits_share_no_content():
+    """audio_qa: the analysed tones together with the question never appear in two splits."""
+    contents = {}
+    for split, n in (("train", 300), ("val", 100), ("test", 100)):
+        contents[split] = set()
+        for s in samples("audio_qa", split, n):
+            tones = analyse_tones(s["media"][0]["data"])
+            answer = s["conversations"][1]["value"]
+            expected = tasks.NUMBERS[tones["beeps"]] if s["kind"] == "count" else tones[s["kind"]]
+            assert answer == expected, (s["id"], tones)  # the answer is what the clip sounds like
+            contents[split].add((tones["pitch"], tones["beeps"], tones["timbre"], s["kind"]))
+        assert len(contents[split]) >= 2, split
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not contents[a] & contents[b], (a, b, contents[a] & contents[b])
+
+
+def test_speech_splits_share_no_utterance():
+    """speech: the transcript is the whole content, and no transcript appears in two splits."""
+    said = {split: {s["conversations"][1]["value"] for s in samples("speech", split, 80)} for split in HOLDOUT}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not said[a] & said[b], (a, b, said[a] & said[b])
+
+
+def test_split_proportions_are_90_5_5():
+    """_bucket sends about 90% / 5% / 5% of distinct scenes to train / val / test."""
+    rng = np.random.default_rng(0)
+    scenes = {world.sample_scene(rng) for _ in range(6000)}
+    share = {k: v / len(scenes) for k, v in Counter(tasks._bucket(s) for s in scenes).items()}
+    assert len(scenes) > 4000
+    assert abs(share["train"] - 0.90) < 0.02 and abs(share["val"] - 0.05) < 0.015 \
+        and abs(share["test"] - 0.05) < 0.015, share
+
+
+# ----------------------------------------------------------------------------- 3. compose split
+
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "interleaved", "text_to_image", "video_qa"])
+def test_heldout_pairs_only_in_compose(task):
+    """Every compose sample shows a held-out (colour, shape) pair; no train/val/test sample does."""
+    n = {"train": 300, "val": 120, "test": 120, "compose": 100}  # vqa/caption: cached by the split test
+    if task not in ("vqa", "caption"):
+        n = {"train": 150, "val": 70, "test": 70, "compose": 80}
+    for split in SPLITS:
+        for s in samples(task, split, n[split]):
+            pairs = pairs_of(s)
+            assert pairs, s["id"]
+            if task in ("caption", "interleaved", "text_to_image"):  # the text names the same objects
+                assert pairs_in_text(text_of(s)) == pairs, s["id"]
+            assert bool(pairs & world.HELDOUT_PAIRS) == (split == "compose"), (s["id"], pairs)
+
+
+QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)
+    (r"what colour is the (?P<shape>\w+)\?", "colour"),
+    (r"what shape is the (?P<colour>\w+) one\?", "shape"),
+    (r"where (?:is|was) the (?P<colour>\w+) (?P<shape>\w+)\?", "position"),
+    (r"what size (?:is|was) the (?P<colour>\w+) (?P<shape>\w+)\?", "size"),
+]
+
+
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "interleaved"])
+def test_compose_questions_name_a_heldout_object(task):
+    """A compose question that names an object names a held-out one, and its answer is right."""
+    named = 0
+    for s in samples(task, "compose", 100):
+        question = s["conversations"][-2]["value"].replace("<image> ", "")
+        answer = s["conversations"][-1]["value"]
+        objects = [o for scene in scenes_of(s) for o in scene]
+        if question == "how many shapes are there?":
+            assert answer == tasks.NUMBERS[len(objects)], s["id"]
+            continue
+        (match, asks), = [(re.fullmatch(p, question), a) for p, a in QUESTIONS if re.fullmatch(p, question)]
+        (o,) = [o for o in objects if all(getattr(o, k) == v for k, v in match.groupdict().items())]
+        assert (o.colour, o.shape) in world.HELDOUT_PAIRS, (s["id"], question, o)
+        assert answer == (world.POSITIONS[o.cell] if asks == "position" else getattr(o, asks)), s["id"]
+        named += 1
+    assert named >= 50
+
+
+def test_audio_qa_heldout_tones_only_in_compose():
+    """Every audio_qa compose clip is a held-out (pitch, timbre) pair; no train/val/test clip is."""
+    n = {"train": 300, "val": 100, "test": 100, "compose": 100}
+    for split in SPLITS:
+        for s in samples("audio_qa", split, n[split]):
+            t = analyse_tones(s["media"][0]["data"])
+            assert ((t["pitch"], t["timbre"]) in HELDOUT_TONES) == (split == "compose"), (s["id"], t)
+
+
+def test_text_sentences_never_mention_heldout_pairs():
+    """LM sentences in train/val/test never mention a held-out shape or tone pair."""
+    mentioned = 0
+    for split in HOLDOUT:
+        for s in samples("text", split, 100):
+            sentence = s["conversations"][0]["value"]
+            pairs, tones = pairs_in_text(sentence), set(TONE_RE.findall(sentence))
+            assert not pairs & world.HELDOUT_PAIRS and not tones & HELDOUT_TONES, (s["id"], sentence)
+            mentioned += bool(pairs or tones)
+    assert mentioned > 100
+
+
+@pytest.mark.parametrize("task", sorted(NO_COMPOSE))
+def test_tasks_without_compose_split_raise(task):
+    """speech and text have no held-out combinations: asking for compose is a clear ValueError."""
+    with pytest.raises(ValueError, match=rf"{task!r}.*no compose split"):
+        get_sample(task, "compose", 0)
+
+
+def test_unknown_task_or_split_raises():
+    """A misspelt task or split is a ValueError that lists the valid names."""
+    with pytest.raises(ValueError, match="available: caption"):
+        get_sample("vqa2", "train", 0)
+    with pytest.raises(ValueError, match="expected one of"):
+        get_sample("vqa", "training", 0)
+
+
+# ----------------------------------------------------------------------------- 4. tokenizer
+
+PIECES = (list(tasks.WORDS) + list(SPECIALS) + list(tasks.PUNCTUATION)
+          + ["!", ",", "<", ">", "<>", "<0x41>", "<imag", "image>", "<IMAGE>", "é", "ß", "漢字", "日本語",
+             "😀", "👍🏽", "👩‍👩‍👧", "\u0301", "\u200b", "\ufeff", "\x00", "\x7f", "\t", "\n", "\r\n", " ",
+             "  ", "   ", "What", "RED", "x9", "0", "42", "ы", "redcircle", "a1"])
+SEPARATORS = ["", " ", " ", " ", "  ", "\n", "\t"]
+
+
+def random_text(rng):
+    parts = []
+    for _ in range(int(rng.integers(0, 12))):
+        if rng.random() < 0.15:  # any code point except surrogates, which are not UTF-8
+            c = int(rng.integers(1, 0x30000))
+            parts.append(chr(c) if not 0xD800 <= c < 0xE000 else "\ue000")
+        else:
+            parts.append(PIECES[int(rng.integers(len(PIECES)))])
+        parts.append(SEPARATORS[int(rng.integers(len(SEPARATORS)))])
+    return "".join(parts)
+
+
+def test_tokenizer_round_trips_arbitrary_utf8():
+    """decode(encode(s)) == s for thousands of random mixes of words, specials, bytes and emoji."""
+    rng = np.random.default_rng(0)
+    for _ in range(4000):
+        s = random_text(rng)
+        ids = TOK.encode(s)
+        assert all(0 <= i < len(TOK) for i in ids)
+        assert TOK.decode(ids) == s, (s, ids)
+
+
+def test_grammar_words_are_single_tokens():
+    """A grammar sentence costs one token per word, marker and punctuation mark."""
+    ids = TOK.encode("<image> what colour is the circle?")
+    assert ids == [TOK.image] + [TOK.stoi[w] for w in ("what", "colour", "is", "the", "circle", "?")]
+    assert TOK.decode(ids) == "<image> what colour is the circle?"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_text_is_in_the_vocabulary(task):
+    """Every turn every task writes encodes without byte fallback, and decodes back exactly."""
+    for split in splits_of(task):
+        for s in samples(task, split, 30):
+            for turn in s["conversations"]:
+                ids = TOK.encode(turn["value"])
+                assert not [i for i in ids if TOK.byte0 <= i < TOK.first_word], (s["id"], turn["value"])
+                assert TOK.decode(ids) == turn["value"]
+
+
+def test_tokenizer_save_load_gives_same_ids(tmp_path):
+    """A tokenizer saved to JSON and loaded back has the same vocabulary and gives the same ids."""
+    custom = Tokenizer(words=sorted(set(tasks.WORDS) | {"cat", "dog"}))
+    for tok in (TOK, custom):
+        path = tmp_path / "tok.json"
+        tok.save(path)
+        json.loads(path.read_text())  # plain JSON
+        back = Tokenizer.load(path)
+        assert back.itos == tok.itos
+        rng = np.random.default_rng(1)
+        for s in ["<image> what colour is the cat?", "the dog 😀"] + [random_text(rng) for _ in range(50)]:
+            assert back.encode(s) == tok.encode(s)
+    assert custom.encode("cat") != TOK.encode("cat")  # the saved words really are used
+
+
+def test_decode_rejects_out_of_range_ids():
+    """Decoding an id outside the vocabulary is a ValueError, not garbage or an IndexError."""
+    for bad in (len(TOK), len(TOK) + 100, -1):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            TOK.decode([TOK.bos, bad])
+
+
+# ----------------------------------------------------------------------------- 5. analyser
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_analyser_recovers_rendered_scenes(size):
+    """world.analyse_image reads back the exact scene of >= 99% of random renders."""
+    rng = np.random.default_rng(size)
+    hits = 0
+    for _ in range(300):
+        scene = world.sample_scene(rng)
+        hits += world.analyse_image(world.render_scene(scene, rng, size=size)) == scene
+    assert hits >= 297, hits
+
+
+# ----------------------------------------------------------------------------- 6. collation
+
+COLLATE = Collator(TOK, MEDIA_TOKENS)
+
+
+def mixed_batch():
+    """Samples of every modality, with prompts, multi-turn documents and media in answers."""
+    return ([samples("vqa", "train", 2)[1], samples("interleaved", "train", 3)[2], samples("audio_qa", "val", 1)[0],
+             samples("speech", "train", 1)[0], samples("video_qa", "test", 1)[0],
+             samples("text_to_image", "train", 1)[0], samples("text", "train", 1)[0]])
+
+
+def test_collate_exact_sequence_of_a_known_sample():
+    """One hand-written sample collates to exactly the documented tokens and targets."""
+    img = np.zeros((64, 64, 3), np.uint8)
+    s = {"id": "x", "task": "vqa", "conversations": [{"from": "human", "value": "<image> what colour is the circle?"},
+                                                     {"from": "gpt", "value": "red"}],
+         "media": [{"type": "image", "data": img}]}
+    b = COLLATE([s])
+    w = TOK.stoi
+    seq = ([TOK.bos] + [TOK.image] * 5 + [w[x] for x in ("what", "colour", "is", "the", "circle", "?")]
+           + [TOK.sep, w["red"], TOK.eos])
+    assert b["tokens"].tolist() == [seq[:-1]]
+    assert b["targets"].tolist() == [[IGNORE] * 12 + [w["red"], TOK.eos]]
+    assert b["kinds"] == ["vqa"] and b["media"]["image"].shape == (1, 3, 64, 64)
+
+
+def test_markers_expand_to_media_tokens_placeholders():
+    """Each marker becomes one contiguous run of exactly media_tokens[modality] placeholders."""
+    batch = mixed_batch()
+    tokens = COLLATE(batch)["tokens"]
+    for row, s in zip(tokens.tolist(), batch):
+        expected = Counter(markers_in(text_of(s)))
+        for marker, modality in MARKER_IDS.items():
+            runs = [len(r) for r in re.findall(r"x+", "".join("x" if t == marker else "." for t in row))]
+            assert runs == [MEDIA_TOKENS[modality]] * expected[modality], (s["id"], modality, runs)
+
+
+def test_targets_cover_only_answers_and_eos():
+    """Targets are the next token on gpt tokens and <eos>, and -100 on prompts, placeholders, padding."""
+    batch = mixed_batch()
+    out = COLLATE(batch)
+    for tokens, targets, s in zip(out["tokens"].tolist(), out["targets"].tolist(), batch):
+        n = max(i for i, t in enumerate(tokens) if t != TOK.pad) + 1  # unpadded length
+        assert tokens[0] == TOK.bos and TOK.pad not in tokens[:n]
+        assert all(t == TOK.pad for t in tokens[n:]) and all(t == IGNORE for t in targets[n:])
+        for t in range(n - 1):  # shifted by one: a target is the next input token or ignored
+            assert targets[t] in (IGNORE, tokens[t + 1]), (s["id"], t)
+        assert targets[n - 1] == TOK.eos
+        answers = []
+        for turn in s["conversations"]:
+            if turn["from"] == "gpt":
+                answers += [i for i in TOK.encode(turn["value"]) if i not in MARKER_IDS] + [TOK.eos]
+        assert [t for t in targets if t != IGNORE] == answers, s["id"]
+        if TOK.sep in tokens:  # the first prompt, up to and including its <sep>, carries no loss
+            assert all(t == IGNORE for t in targets[:tokens.index(TOK.sep)]), s["id"]
+
+
+def test_media_packed_in_order_of_appearance():
+    """media[m][k] is the k-th item of modality m reading the batch row by row, marker by marker."""
+    docs = [s for s in samples("interleaved", "train", 12)]
+    batch = [next(s for s in docs if len(s["media"]) == 3), samples("audio_qa", "train", 1)[0],
+             next(s for s in docs if len(s["media"]) == 2), samples("audio_qa", "train", 2)[1],
+             [s for s in docs if len(s["media"]) == 3][1]]
+    media = COLLATE(batch)["media"]
+    images = [m["data"] for s in batch for m in s["media"] if m["type"] == "image"]
+    audio = [m["data"] for s in batch for m in s["media"] if m["type"] == "audio"]
+    assert set(media) == {"image", "audio"} and media["image"].shape == (8, 3, 64, 64)
+    for k, img in enumerate(images):
+        assert torch.equal(media["image"][k], torch.tensor(img).permute(2, 0, 1).float() / 255), k
+    assert media["audio"].shape == (2, len(audio[0])) and all(
+        torch.equal(media["audio"][k], torch.from_numpy(a)) for k, a in enumerate(audio))
+
+
+def test_marker_media_mismatch_names_the_sample():
+    """A sample whose markers do not match its media is a ValueError naming the sample's id."""
+    img = {"type": "image", "data": np.zeros((64, 64, 3), np.uint8)}
+    wav = {"type": "audio", "data": np.zeros(16000, np.float32)}
+    for i, (text, media) in enumerate([("<image> <image> two?", [img]), ("no marker", [img]),
+                                       ("<image> wrong type", [wav]), ("<audio> <image>", [img, wav])]):
+        s = {"id": f"user/doc-{i}", "task": "x",
+             "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "a"}], "media": media}
+        with pytest.raises(ValueError, match=f"user/doc-{i}.*do not match"):
+            COLLATE([samples("vqa", "train", 1)[0], s])
+
+
+def test_modality_the_model_does_not_take_raises():
+    """Collating a speech sample for an image-only model is a ValueError naming the modality."""
+    with pytest.raises(ValueError, match="takes no speech"):
+        Collator(TOK, {"image": 5})([samples("vqa", "train", 1)[0], samples("speech", "train", 1)[0]])
+
+
+def test_prompt_splits_off_the_answer_and_ends_in_sep():
+    """Collator.prompt drops the final answer (and its media); the prompt's ids end in <sep>."""
+    for s in [samples(t, "train", 1)[0] for t in ("vqa", "interleaved", "audio_qa", "video_qa", "text_to_image")]:
+        head, answer = Collator.prompt(s)
+        assert answer == s["conversations"][-1]["value"] and head["conversations"] == s["conversations"][:-1]
+        ids, loss = COLLATE.encode(head)
+        full, _ = COLLATE.encode(s)
+        assert ids[-1] == TOK.sep and full[:len(ids)] == ids
+        assert head["media"] == s["media"][:len(markers_in(text_of(head)))]
+    assert Collator.prompt(samples("text_to_image", "train", 1)[0])[0]["media"] == []  # the image is the answer
+    with pytest.raises(ValueError, match="prompt then a final gpt answer"):
+        Collator.prompt(samples("text", "train", 1)[0])
+
+
+# ----------------------------------------------------------------------------- 7. loader
+
+DATASET = Mixture(["vqa", "audio_qa", "text", "interleaved"], length=48)
+
+
+def ids_of(batch):
+    return [s["id"] for s in batch]
+
+
+def batches(loader):
+    return [b for b in loader]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_two_ranks_together_read_the_single_process_batches(shuffle):
+    """Batch b of rank 0 plus batch b of rank 1 is batch b of one process with twice the batch size."""
+    single = batches(make_loader(DATASET, ids_of, 8, shuffle=shuffle, seed=3))
+    ranks = [batches(make_loader(DATASET, ids_of, 4, rank=r, world_size=2, shuffle=shuffle, seed=3))
+             for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 6
+    for b, whole in enumerate(single):
+        assert not set(ranks[0][b]) & set(ranks[1][b])
+        assert sorted(ranks[0][b] + ranks[1][b]) == sorted(whole), b
+    assert len({i for batch in single for i in batch}) == 48  # every item once
+
+
+def test_two_ranks_collate_the_same_rows_as_one_process():
+    """With the real collator, the two ranks' unpadded token rows are the single process's rows."""
+    def rows(batch):
+        return [tuple(t for t in row if t != TOK.pad) for row in batch["tokens"].tolist()]
+    single = next(iter(make_loader(DATASET, COLLATE, 8)))
+    r0, r1 = (next(iter(make_loader(DATASET, COLLATE, 4, rank=r, world_size=2))) for r in (0, 1))
+    assert sorted(rows(r0) + rows(r1)) == sorted(rows(single))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_start_skips_exactly_k_items_per_rank(rank):
+    """start=k resumes after this rank's first k items: its batches are the fresh loader's, shifted."""
+    fresh = batches(make_loader(DATASET, ids_of, 4, rank=rank, world_size=2))
+    resumed = batches(make_loader(DATASET, ids_of, 4, rank=rank, world_size=2, start=8))
+    assert resumed[0] == fresh[2] and resumed == fresh[2:]
+    odd = batches(make_loader(DATASET, ids_of, 4, rank=rank, world_size=2, start=6))
+    flat = [i for b in fresh for i in b]
+    assert [i for b in odd for i in b] == flat[6:6 + 4 * len(odd)] and len(odd) == (len(flat) - 6) // 4

@@ -1,0 +1,157 @@
+"""nano_llava: shapes, causality, KV cache, the freezing schedule, splicing, penultimate features."""
+import pytest
+import torch
+
+import nano_llava as L
+from data import Collator, Mixture, Tokenizer
+
+TOK = Tokenizer()
+TINY = dict(vocab_size=len(TOK), image_id=TOK.image, eos_id=TOK.eos, n_layer=2, n_head=2, n_embd=32,
+            mlp_hidden=64, vit_layers=3, vit_embd=32, vit_heads=2, vit_mlp=64)
+
+
+def make(phase="instruct", **kw):
+    torch.manual_seed(0)
+    m = L.Model(L.Config(**{**TINY, **kw}))
+    m.set_phase(phase)
+    return m
+
+
+def batch(m, task="vqa", n=6):
+    ds = Mixture({task: 1.0}, "train", 100)
+    return Collator(TOK, m.media_tokens)([ds[i] for i in range(n)])
+
+
+def test_forward_shapes_and_contract():
+    """forward returns (logits (B, T, V), scalar loss, aux dict); no targets -> loss None."""
+    m = make()
+    b = batch(m)
+    logits, loss, aux = m(b["tokens"], b["targets"], b["media"])
+    assert logits.shape == (*b["tokens"].shape, len(TOK))
+    assert loss.ndim == 0 and torch.isfinite(loss) and aux == {}
+    assert m(b["tokens"], None, b["media"])[1] is None
+    assert m.media_tokens == {"image": 9}
+
+
+def test_causality():
+    """Changing a later token never changes the logits of earlier positions."""
+    m = make()
+    b = batch(m, n=2)
+    t = b["tokens"].clone()
+    logits, _, _ = m(t, None, b["media"])
+    t2 = t.clone()
+    t2[:, -3:] = TOK.stoi["red"]
+    logits2, _, _ = m(t2, None, b["media"])
+    assert torch.allclose(logits[:, :-3], logits2[:, :-3], atol=1e-6)
+    assert not torch.allclose(logits[:, -2:], logits2[:, -2:])
+
+
+@pytest.mark.parametrize("phase", ["instruct", "vision"])
+def test_kv_cache_generation_equals_full_recompute(phase):
+    """Greedy generation with the KV cache equals re-running the whole sequence each step."""
+    m = make(phase).eval()
+    sample, _ = Collator.prompt(Mixture({"vqa": 1.0}, "val", 10)[3])
+    col = Collator(TOK, m.media_tokens)
+    x = torch.tensor([col.encode(sample)[0]] * 2)
+    media = col.pack_media([sample, sample])
+    gen = m.generate(x, media, max_new_tokens=7, temperature=0)
+    seq = x
+    for _ in range(7):
+        logits, _, _ = m(seq, None, media)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(gen, seq[:, x.size(1):])
+
+
+def test_sampling_respects_top_k():
+    """With top_k=1 sampling at any temperature is greedy."""
+    m = make().eval()
+    b = batch(m, n=1)
+    prompt = b["tokens"][:, :12]
+    torch.manual_seed(1)
+    assert torch.equal(m.generate(prompt, b["media"], 5, temperature=2.0, top_k=1),
+                       m.generate(prompt, b["media"], 5, temperature=0))
+
+
+def test_align_trains_only_the_projector():
+    """In 'align' only the projector has requires_grad, and one AdamW step leaves all else equal."""
+    m = make("align")
+    assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"projector"}
+    before = {n: p.clone() for n, p in m.named_parameters()}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    b = batch(m, "caption")
+    m(b["tokens"], b["targets"], b["media"])[1].backward()
+    opt.step()
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]) != n.startswith("projector"), n
+
+
+def test_phases_freeze_as_the_papers_say():
+    """instruct trains projector + LLM with the ViT frozen; text trains only the LLM."""
+    groups = lambda m: {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert groups(make("instruct")) == {"projector", "decoder"}
+    assert groups(make("text")) == {"decoder"}
+    assert groups(make("vision")) == {"encoder", "tower"}
+    assert list(L.PHASES) == ["text", "vision", "align", "instruct"]
+    with pytest.raises(ValueError, match="unknown phase"):
+        make("pretrain")
+
+
+def test_llm_reads_the_penultimate_vit_layer():
+    """LLaVA uses hidden_states[-2]: the last ViT block cannot change the LLM's output."""
+    m = make("instruct")
+    b = batch(m, n=2)
+    logits, _, _ = m(b["tokens"], None, b["media"])
+    with torch.no_grad():
+        for p in m.encoder.blocks[-1].parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.equal(logits, m(b["tokens"], None, b["media"])[0])
+    with torch.no_grad():
+        for p in m.encoder.blocks[-2].parameters():
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(logits, m(b["tokens"], None, b["media"])[0])
+
+
+def test_image_features_land_on_the_placeholders():
+    """The k-th image's features fill the k-th run of placeholders; text embeddings are untouched."""
+    m = make()
+    b = batch(m, n=3)
+    x = m.embed(b["tokens"], b["media"])
+    feats = m.projector(m.encoder(b["media"]["image"], -2))  # (N, 9, C)
+    slots = b["tokens"] == TOK.image
+    assert torch.allclose(x[slots].view(3, 9, -1), feats)
+    assert torch.equal(x[~slots], m.decoder.emb(b["tokens"])[~slots])
+
+
+def test_linear_projector_switch():
+    """projector='linear' is LLaVA v1's single matrix."""
+    m = make(projector="linear")
+    assert isinstance(m.projector, torch.nn.Linear)
+    with pytest.raises(ValueError, match="projector"):
+        L.Config(projector="mlp3x")
+
+
+def test_placeholder_media_mismatch_raises():
+    """Too few placeholders for the images, or a modality LLaVA does not take: clear ValueError."""
+    m = make()
+    b = batch(m, n=2)
+    with pytest.raises(ValueError, match="placeholder positions but 2 images"):
+        m(b["tokens"][:, 3:], None, b["media"])
+    with pytest.raises(ValueError, match="takes only images"):
+        m(b["tokens"], None, {**b["media"], "audio": torch.zeros(2, 16000)})
+
+
+def test_overfit_one_batch():
+    """A hundred steps on one fixed batch drive the answer loss below a tenth of its start."""
+    m = make("instruct")
+    for p in m.parameters():
+        p.requires_grad = True
+    b = batch(m, n=8)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(120):
+        loss = m(b["tokens"], b["targets"], b["media"])[1]
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first, (first, loss.item())

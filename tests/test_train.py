@@ -1,0 +1,203 @@
+"""train.py end to end: outputs, exact resume, DDP equivalence, checkpoint safety, clear errors."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--mlp_hidden", "64", "--vit_layers", "2",
+        "--vit_embd", "32", "--vit_heads", "2", "--vit_mlp", "64", "--threads", "1"]
+
+
+def run(out, *extra):
+    return train.main(["--model", "llava", "--out_dir", str(out), "--eval_samples", "8",
+                       "--final_samples", "8", *TINY, *extra])
+
+
+def losses(out):
+    return [(r["phase"], r["step"], r["loss"]) for r in map(json.loads, open(os.path.join(out, "log.jsonl")))
+            if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The whole default recipe, 3 steps a phase."""
+    out = tmp_path_factory.mktemp("recipe")
+    res = run(out, "--steps", "3", "--batch_size", "8")
+    return out, res
+
+
+def test_recipe_writes_checkpoints_log_plot_results(recipe):
+    """Every phase leaves a checkpoint; the log, the plot and results.json exist and agree."""
+    out, res = recipe
+    for phase in ("text", "vision", "align", "instruct"):
+        assert os.path.isfile(out / f"{phase}.pt")
+    assert (out / "plots.png").stat().st_size > 10_000
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["phase"] for r in recs if r["kind"] == "phase"] == ["text", "vision", "align", "instruct"]
+    assert sum(r["kind"] == "train" for r in recs) == 12
+    assert json.load(open(out / "results.json"))["test"]["vqa"]["acc"] == res["test"]["vqa"]["acc"]
+    assert set(res["test"]["vqa"]["kinds"]) <= {"colour", "shape", "position", "size", "count"}
+
+
+def test_checkpoint_is_self_contained(recipe):
+    """load_model rebuilds the model from the checkpoint alone, weights identical, strict."""
+    out, _ = recipe
+    model, tok, ck = train.load_model(str(out / "instruct.pt"))
+    assert ck["phase"] == "instruct" and ck["done"] and len(tok) == ck["config"]["vocab_size"]
+    sd = torch.load(out / "instruct.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    """Interrupt a phase after a mid-phase checkpoint, --resume, and the loss curve and weights
+    equal an uninterrupted run's exactly (CPU): model, optimizer, schedule, step, RNG and data."""
+    args = ["--phase", "instruct", "--steps", "6", "--eval_every", "3", "--batch_size", "8", "--no_final_eval"]
+    run(tmp_path / "a", *args)
+    save = train.Trainer.save
+
+    def crash_after_first_save(self, phase, step, *a, **k):
+        save(self, phase, step, *a, **k)
+        raise KeyboardInterrupt  # as if the job were killed right after step 3's checkpoint
+    monkeypatch.setattr(train.Trainer, "save", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", *args)
+    monkeypatch.setattr(train.Trainer, "save", save)
+    assert len(losses(tmp_path / "b")) == 3
+    run(tmp_path / "b", *args, "--resume")
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    wa = torch.load(tmp_path / "a" / "instruct.pt", weights_only=True)
+    wb = torch.load(tmp_path / "b" / "instruct.pt", weights_only=True)
+    assert all(torch.equal(v, wb["model"][k]) for k, v in wa["model"].items())
+
+
+def test_grad_accumulation_equals_big_batch(tmp_path):
+    """4 micro-batches of 2 give the same updates as one batch of 8 (token-weighted losses)."""
+    common = ["--phase", "instruct", "--steps", "3", "--no_final_eval", "--eval_every", "100"]
+    run(tmp_path / "big", *common, "--batch_size", "8")
+    run(tmp_path / "acc", *common, "--batch_size", "2", "--grad_accum", "4")
+    for (_, _, x), (_, _, y) in zip(losses(tmp_path / "big"), losses(tmp_path / "acc")):
+        assert abs(x - y) < 1e-5
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo), 2 micro-batches of 2 each, matches one process with
+    batch 8: same data, same token-weighted gradient. Tolerance 1e-4 on the loss (float sums of
+    gradients across processes come in another order)."""
+    common = ["--model", "llava", "--phase", "instruct", "--steps", "3", "--no_final_eval",
+              "--eval_every", "100", "--eval_samples", "8", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29533", "train.py", *common, "--out_dir", str(tmp_path / "ddp"), "--batch_size", "2",
+                    "--grad_accum", "2"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=240)
+    run(tmp_path / "one", "--phase", "instruct", "--steps", "3", "--no_final_eval", "--eval_every", "100",
+        "--batch_size", "8")
+    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(a) == len(b) == 3
+    for (_, _, x), (_, _, y) in zip(a, b):
+        assert abs(x - y) < 1e-4, (a, b)
+
+
+def test_ddp_accumulation_all_reduces_once_per_step(tmp_path, monkeypatch):
+    """Under DDP, 3 micro-batches per step cost as many gradient all-reduces as 1 (no_sync on the
+    others). Counted with a DDP communication hook in a one-process gloo group."""
+    calls = []
+
+    class CountingDDP(train.DDP):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+
+            def hook(state, bucket):
+                calls.append(1)
+                fut = torch.futures.Future()
+                fut.set_result(bucket.buffer())
+                return fut
+            self.register_comm_hook(None, hook)
+    monkeypatch.setattr(train, "DDP", CountingDDP)
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541").items():
+        monkeypatch.setenv(k, v)
+    n = {}
+    for accum in (1, 3):
+        calls.clear()
+        run(tmp_path / str(accum), "--phase", "instruct", "--steps", "2", "--grad_accum", str(accum),
+            "--batch_size", "2", "--no_final_eval", "--eval_every", "100")
+        n[accum] = len(calls)
+    assert n[1] == n[3] > 0, n
+
+
+def test_state_dict_prefixes_are_stripped():
+    """torch.compile's _orig_mod. and DDP's module. prefixes do not leak into checkpoints."""
+    sd = {"module._orig_mod.decoder.emb.weight": torch.zeros(1), "_orig_mod.projector.0.bias": torch.zeros(1)}
+    assert set(train.clean_state_dict(sd)) == {"decoder.emb.weight", "projector.0.bias"}
+
+
+def test_strict_load_names_missing_and_unexpected_keys(recipe):
+    """A checkpoint that does not fit says which keys are missing / unexpected / mis-shaped."""
+    out, _ = recipe
+    model, _, ck = train.load_model(str(out / "instruct.pt"))
+    sd = dict(ck["model"])
+    sd["decoder.extra"] = sd.pop("projector.0.weight")
+    with pytest.raises(ValueError, match=r"missing keys: \['projector.0.weight'\][\s\S]*unexpected keys: \['decoder.extra'\]"):
+        train.load_weights(model, sd, "test")
+    sd = dict(ck["model"])
+    sd["projector.0.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="shape mismatches"):
+        train.load_weights(model, sd, "test")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    """A checkpoint holding pickled code is refused (weights_only=True), with a clear message."""
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(SystemExit, match="unreadable or corrupt"):
+        train.read_checkpoint(str(path))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact."""
+    path = str(tmp_path / "c.pt")
+    train.save_atomic({"x": torch.ones(2)}, path)
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        train.save_atomic({"x": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt5"], "unknown model 'gpt5'"),
+    (["--model", "llava", "--phase", "pretrain"], "unknown phase 'pretrain'"),
+    (["--model", "llava", "--n_layers", "3"], "unknown flag '--n_layers'"),
+    (["--model", "llava", "--n_layer", "three"], "--n_layer expects a int"),
+    (["--model", "llava", "--init_from", "nowhere.pt"], "checkpoint 'nowhere.pt' not found"),
+])
+def test_bad_arguments_give_clear_errors(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main([*argv, "--out_dir", str(tmp_path)])
+
+
+def test_corrupt_checkpoint_and_config_mismatch(tmp_path, recipe):
+    out, _ = recipe
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="unreadable or corrupt"):
+        run(tmp_path, "--init_from", str(bad))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        run(tmp_path, "--init_from", str(out / "instruct.pt"), "--n_embd", "64", "--steps", "1")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run(tmp_path / "empty", "--resume")
