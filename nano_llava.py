@@ -4,32 +4,37 @@ Papers: LLaVA, Visual Instruction Tuning (arXiv 2304.08485) and LLaVA-1.5, Impro
 Visual Instruction Tuning (arXiv 2310.03744). Fusion taxonomy: arXiv 2405.17927, Type C: a continuous
 vision encoder whose outputs are spliced into the language model's *input*; the LLM itself is unchanged.
 
-    image (B,3,64,64) -> resize 48 -> ViT ----------- hidden_states[-2] (N, 9, 128), no CLS
-                                       \                         |
-                                        last layer               | projector: Linear-GELU-Linear (1.5)
-                                        (pre-training only:      v            or one Linear (v1)
-                                         caption tower)   image embeddings (N, 9, C)
-                                                                 |  replace the <image> placeholders
-    tokens  <bos><image>x9 what colour is the circle?<sep> -> embed (B, T, C) -> decoder -> logits
-                                                                     (RoPE, RMSNorm, SwiGLU, SDPA)
+    image (N,3,64,64) -> resize 72 -> ViT over a 6x6 grid of 12px patches -> hidden_states[-2]
+                                          (N, 36, 128), no CLS
+                                                     |  pixel shuffle: 2x2 neighbours -> 1 token
+                                                     v
+                                          (N, 9, 512): one token per cell of the 3x3 world grid
+                                                     |  projector: Linear-GELU-Linear (1.5) or Linear (v1)
+                                                     v
+                                          image embeddings (N, 9, C)
+                                                     |  written over the <image> placeholders
+    tokens: <bos> what colour is the circle? <image>x9 <sep>  -> embed (B, T, C) -> decoder -> logits
+                                                          (RoPE, RMSNorm, SwiGLU, SDPA, KV cache)
 
 Reading order: Config -> rope / RMSNorm / Attention / MLP / Block (the shared modern decoder recipe)
--> Decoder -> ViT -> Model (splice, forward, generate) -> PHASES.
+-> Decoder -> ViT -> Model (pixel shuffle, splice, forward, generate) -> PHASES.
 
 The training recipe (PHASES, run in order by train.py):
   text      decoder on text-only sentences. Stands in for the pre-trained LLM (Vicuna).
   vision    ViT + a small caption tower on dense captions. Stands in for the pre-trained CLIP: like
             CLIP (or CapPa, arXiv 2306.07915) the ViT learns from text about images through a text
-            model that is then thrown away; the LLM never sees these features' last layer.
+            model that is then thrown away (the tower reads the ViT's last layer; the LLM never does).
   align     LLaVA stage 1, "pre-training for feature alignment" (2304.08485 sec 4.1): ViT and LLM
             frozen, only the projector trains, on plain captions (<image> then the caption).
   instruct  LLaVA stage 2, "fine-tuning end-to-end" (sec 4.2): ViT frozen; projector and LLM train
             on visual question answering; the loss is on the answers only (the collator's -100).
 
-Simplified relative to the papers: the ViT is tiny and trained here (no CLS token, since nothing
-pools it), images are resized to a grid whose patches line up with the world's 3x3 cells, the
-conversation template is <bos> user <sep> assistant <eos> instead of Vicuna's "USER: ... ASSISTANT:",
-and the head is tied to the token embedding.
+Simplified or changed relative to the papers: the ViT is tiny and trained here (no CLS token, since
+nothing pools it); a pixel shuffle (not in LLaVA; used by InternVL, Idefics3, nanoVLM) merges 2x2
+patches so the LLM gets one token per cell of the world's 3x3 grid while the ViT still sees shapes
+in parts (with one 16px patch per cell its features told shapes apart only ~79% of the time);
+shuffle=1 turns it off. The conversation template is <bos> user <sep> assistant <eos> instead of
+Vicuna's "USER: ... ASSISTANT:", and the LLM's head is tied to its token embedding.
 """
 import math
 from dataclasses import dataclass
@@ -52,8 +57,10 @@ class Config:
     max_seq: int = 256
     rope_base: float = 10000.0
     # vision encoder
-    image_size: int = 48           # images are resized to this, like CLIP's pre-processing
-    patch: int = 16                # 48/16 = 3x3 patches: one per cell of the toy world's grid
+    image_size: int = 72           # images are resized to this, like CLIP's pre-processing
+    patch: int = 12                # 72/12 = a 6x6 grid of patches
+    shuffle: int = 2               # pixel shuffle: 2x2 neighbours -> one LLM token, so 3x3 tokens,
+                                   # one per cell of the toy world's grid (1: off, LLaVA's own)
     vit_layers: int = 4
     vit_embd: int = 128
     vit_heads: int = 4
@@ -65,8 +72,9 @@ class Config:
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads:
             raise ValueError("n_embd must divide by n_head and vit_embd by vit_heads")
-        if self.image_size % self.patch:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch {self.patch}")
+        if self.image_size % (self.patch * self.shuffle):
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch x shuffle "
+                             f"({self.patch} x {self.shuffle})")
         if self.projector not in ("mlp2x_gelu", "linear"):
             raise ValueError(f"projector must be 'mlp2x_gelu' or 'linear', got {self.projector!r}")
         if not -self.vit_layers <= self.select_layer < self.vit_layers:
@@ -217,12 +225,13 @@ class Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ViT(cfg)
-        C, D = cfg.n_embd, cfg.vit_embd
+        C, D, S = cfg.n_embd, cfg.vit_embd * cfg.shuffle ** 2, cfg.vit_embd  # D: a shuffled token's width
         self.projector = nn.Linear(D, C) if cfg.projector == "linear" else \
             nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
-        self.tower = Decoder(cfg.vocab_size, D, cfg.tower_layers, cfg.vit_heads, cfg.vit_mlp, cfg.max_seq, cfg.rope_base)
-        self.media_tokens = {"image": (cfg.image_size // cfg.patch) ** 2}
+        self.tower_in = nn.Linear(D, S)
+        self.tower = Decoder(cfg.vocab_size, S, cfg.tower_layers, cfg.vit_heads, cfg.vit_mlp, cfg.max_seq, cfg.rope_base)
+        self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.shuffle) ** 2}
         self.phase = None
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
@@ -241,8 +250,17 @@ class Model(nn.Module):
         caption tower from its last layer; every other phase is LLaVA: the penultimate layer
         through the projector into the LLM."""
         if self.phase == "vision":
-            return self.tower, -1, nn.Identity()
+            return self.tower, -1, self.tower_in
         return self.decoder, self.cfg.select_layer, self.projector
+
+    def pixel_shuffle(self, x):
+        """(N, g*g, D) patch features -> (N, (g/s)^2, D*s*s): each s x s block of neighbouring
+        patches becomes one token (the projector trick of InternVL, Idefics3 and nanoVLM)."""
+        s = self.cfg.shuffle
+        N, P, D = x.shape
+        g = math.isqrt(P)
+        x = x.view(N, g // s, s, g // s, s, D).permute(0, 1, 3, 2, 4, 5)  # (N, rows, cols, s, s, D)
+        return x.reshape(N, (g // s) ** 2, s * s * D)
 
     def embed(self, tokens, media):
         """Token embeddings with the image features written over the <image> placeholders."""
@@ -259,7 +277,7 @@ class Model(nn.Module):
             raise ValueError(f"{int(slots.sum())} <image> placeholder positions but {n_img} images x {P} "
                              f"patches: expand each <image> marker to media_tokens['image']={P} positions")
         if n_img:
-            feats = adapter(self.encoder(images, layer))  # (N, P, C)
+            feats = adapter(self.pixel_shuffle(self.encoder(images, layer)))  # (N, P, C)
             # row-major order of the placeholders == the packing order of the images
             x = x.masked_scatter(slots.unsqueeze(-1), feats.to(x.dtype))
         return x
@@ -308,8 +326,9 @@ class Model(nn.Module):
 
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override)
 PHASES = {
-    "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=150, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "tower"], tasks={"caption": 1.0}, steps=400, lr=2e-3, batch_size=64),
+    "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=500, lr=3e-3, batch_size=64),
+    "vision": dict(train=["encoder", "tower_in", "tower"], tasks={"caption": 1.0}, steps=500, lr=2e-3, batch_size=64),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
-    "instruct": dict(train=["projector", "decoder"], tasks={"vqa": 1.0}, steps=800, lr=1e-3, batch_size=64),
+    "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "vqa": 2.0}, eval=["vqa"],
+                     steps=1500, lr=3e-3, batch_size=64),
 }

@@ -63,7 +63,7 @@ def build_parser():
     a("--beta2", type=float, default=0.95)
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     a("--eval_every", type=int, default=0, help="evaluate every N steps (default: 4 times a phase)")
-    a("--eval_samples", type=int, default=200, help="held-out samples per task for accuracy")
+    a("--eval_samples", type=int, default=200, help="held-out samples per task for accuracy, and for val loss")
     a("--final_samples", type=int, default=500, help="samples per task for the final test/compose report")
     a("--data", default=None, help="train on this on-disk dataset folder instead of the toy world")
     a("--seed", type=int, default=0)
@@ -137,7 +137,9 @@ def read_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"checkpoint {path!r} is unreadable or corrupt ({type(e).__name__}: {e})")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SystemExit(f"checkpoint {path!r} is unreadable or corrupt, or holds more than tensors and "
+                         f"plain data ({type(e).__name__}: {first})")
 
 
 def save_atomic(obj, path):
@@ -161,36 +163,42 @@ def load_model(path, device="cpu"):
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(model, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
-    """Exact-match accuracy of greedy generation on n samples per task: {task: {"acc", "kinds"}}.
-    Prompts of equal length are generated as one batch, so no padding is needed."""
+def answer(model, collator, prompts, max_new, device, temperature=0.0, top_k=None, ctx=nullcontext()):
+    """The model's replies (text up to <eos>) to prompt samples (see Collator.prompt). Prompts of
+    equal length are generated as one batch, so no padding is needed."""
     model.eval()
-    eos = collator.tok.eos
+    encoded = [collator.encode(p)[0] for p in prompts]
+    by_len, replies = {}, [None] * len(prompts)
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    for rows in by_len.values():
+        for j in range(0, len(rows), 256):
+            idx = rows[j:j + 256]
+            tokens = torch.tensor([encoded[i] for i in idx], device=device)
+            media = {k: v.to(device) for k, v in collator.pack_media([prompts[i] for i in idx]).items()}
+            with ctx:
+                gen = model.generate(tokens, media, max_new, temperature, top_k).tolist()
+            for i, g in zip(idx, gen):
+                eos = collator.tok.eos
+                replies[i] = collator.tok.decode(g[:g.index(eos)] if eos in g else g).strip()
+    return replies
+
+
+def evaluate(model, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
+    """Exact-match accuracy of greedy generation on n samples per task: {task: {"acc", "kinds"}}."""
     out = {}
     for task in tasks:
         if len(get_sample(task, split, 0, seed)["conversations"]) < 2:
             continue  # nothing to answer (text-only): judged by its loss alone
         samples = [get_sample(task, split, i, seed) for i in range(n)]
-        prompts = [Collator.prompt(s) for s in samples]
-        encoded = [collator.encode(p)[0] for p, _ in prompts]
-        max_new = max(len(collator.tok.encode(a)) for _, a in prompts) + 1
-        right, per_kind = [0] * n, {}
-        by_len = {}
-        for i, ids in enumerate(encoded):
-            by_len.setdefault(len(ids), []).append(i)
-        for rows in by_len.values():
-            for j in range(0, len(rows), 256):
-                idx = rows[j:j + 256]
-                tokens = torch.tensor([encoded[i] for i in idx], device=device)
-                media = {k: v.to(device) for k, v in collator.pack_media([prompts[i][0] for i in idx]).items()}
-                with ctx:
-                    gen = model.generate(tokens, media, max_new_tokens=max_new, temperature=0).tolist()
-                for i, g in zip(idx, gen):
-                    g = g[:g.index(eos)] if eos in g else g
-                    right[i] = int(collator.tok.decode(g).strip() == prompts[i][1])
-        for s, r in zip(samples, right):
-            per_kind.setdefault(s["kind"], []).append(r)
-        out[task] = {"acc": sum(right) / n, "kinds": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
+        prompts, truths = zip(*map(Collator.prompt, samples))
+        max_new = max(len(collator.tok.encode(t)) for t in truths) + 1
+        replies = answer(model, collator, prompts, max_new, device, ctx=ctx)
+        per_kind = {}
+        for s, r, t in zip(samples, replies, truths):
+            per_kind.setdefault(s["kind"], []).append(r == t)
+        right = sum(r == t for r, t in zip(replies, truths))
+        out[task] = {"acc": right / n, "kinds": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
     return out
 
 
@@ -270,6 +278,11 @@ class Log:
 
 
 # ----------------------------------------------------------------------------- training
+
+def eval_tasks(spec):
+    """The tasks a phase is judged on: its "eval" list if it has one, else the tasks it trains on."""
+    return list(spec.get("eval", spec["tasks"]))
+
 
 def lr_at(step, steps, peak, warmup, min_frac):
     """Linear warm-up, then cosine decay to min_frac * peak."""
@@ -465,9 +478,10 @@ class Trainer:
 
     def evaluate(self, phase, step, gstep):
         if self.master:
-            tasks = list(self.mod.PHASES[phase]["tasks"])
-            vl = val_loss(self.model, self.collator, tasks, 128, self.device, self.args.seed, self.ctx)
-            acc = evaluate(self.model, self.collator, tasks, "val", self.args.eval_samples, self.device,
+            spec = self.mod.PHASES[phase]
+            vl = val_loss(self.model, self.collator, spec["tasks"], self.args.eval_samples, self.device,
+                          self.args.seed, self.ctx)
+            acc = evaluate(self.model, self.collator, eval_tasks(spec), "val", self.args.eval_samples, self.device,
                            self.args.seed, self.ctx)
             self.log.write(kind="eval", phase=phase, step=step, gstep=gstep, val_loss=vl, acc=acc)
             plot(self.log_path, os.path.join(self.args.out_dir, "plots.png"))
@@ -493,7 +507,7 @@ class Trainer:
     def final_report(self):
         """Accuracy of the finished model on the test split and, where a task has one, the
         compose split (held-out attribute combinations)."""
-        tasks = list(self.mod.PHASES[self.phases[-1]]["tasks"])
+        tasks = eval_tasks(self.mod.PHASES[self.phases[-1]])
         n, res = self.args.final_samples, {"minutes": (time.time() - self.start) / 60}
         for split in ("test", "compose"):
             has = [t for t in tasks if t != "speech" and t != "text"] if split == "compose" else tasks

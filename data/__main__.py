@@ -2,6 +2,7 @@
 
     python -m data [--out contact_sheet.png] [--seed 0]     a contact sheet: a few samples per task
     python -m data write --task vqa --split train --n 100 --out DIR     a dataset folder (data/folder.py)
+    python -m data speed [--batch 64]      time a batch of mixed samples of every task, on one core
 """
 import argparse
 import textwrap
@@ -82,6 +83,25 @@ def contact_sheet(out, seed=0):
     return out
 
 
+def speed(batch, seed=0, repeats=5):
+    """Median seconds to generate and collate `batch` samples mixed over every task, one thread."""
+    import time
+
+    import torch
+
+    from .collate import Collator, Mixture
+    from .tokenizer import Tokenizer
+    torch.set_num_threads(1)
+    collate = Collator(Tokenizer(), {"image": 9, "audio": 16, "speech": 16, "video": 4})
+    ds = Mixture(list(TASKS), "train", 10**9, seed)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        collate([ds[r * batch + i] for i in range(batch)])
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[repeats // 2]
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,8 +114,14 @@ def main():
     w.add_argument("--n", type=int, default=100)
     w.add_argument("--out", dest="folder", required=True, help="the dataset folder to write")
     w.add_argument("--seed", type=int, default=0)
+    sp = sub.add_parser("speed", help="time generating and collating a batch of mixed samples")
+    sp.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
-    if args.command == "write":
+    if args.command == "speed":
+        t = speed(args.batch)
+        print(f"{args.batch} samples mixed over {len(TASKS)} tasks, generated and collated on one core: "
+              f"{1e3 * t:.0f} ms ({args.batch / t:,.0f} samples/s)")
+    elif args.command == "write":
         print(f"wrote {write_folder(args.folder, args.task, args.split, args.n, args.seed)}")
     else:
         print(f"wrote {contact_sheet(args.out, args.seed)}")

@@ -76,10 +76,10 @@ def caption(split, index, seed=0):
 VQA_KINDS = ("colour", "shape", "position", "size", "count")
 
 
-def vqa(split, index, seed=0, task="vqa", min_objects=1, max_objects=3):
-    scene, rng, img = _image(split, index, seed, task, min_objects=min_objects, max_objects=max_objects)
+def ask(scene, rng, split):
+    """One random question about a scene: (kind, question, answer). In the compose split, a
+    question that names an object names a held-out one."""
     kind = VQA_KINDS[int(rng.integers(len(VQA_KINDS)))]
-    # in the compose split, ask about a held-out object whenever the question names one
     pool = [o for o in scene if world.is_novel([o])] if split == "compose" else scene
     o = pool[int(rng.integers(len(pool)))]
     question, answer = {
@@ -89,7 +89,32 @@ def vqa(split, index, seed=0, task="vqa", min_objects=1, max_objects=3):
         "size": (f"what size is the {o.colour} {o.shape}?", o.size),
         "count": ("how many shapes are there?", NUMBERS[len(scene)]),
     }[kind]
-    return _sample(task, split, index, kind, [f"<image> {question}", answer], [("image", img)])
+    return kind, question, answer
+
+
+def with_image(question, rng):
+    """LLaVA (2304.08485, eq. 2) puts the image before or after the first question at random."""
+    return f"<image>\n{question}" if rng.random() < 0.5 else f"{question}\n<image>"
+
+
+def vqa(split, index, seed=0, task="vqa", min_objects=1, max_objects=3):
+    scene, rng, img = _image(split, index, seed, task, min_objects=min_objects, max_objects=max_objects)
+    kind, question, answer = ask(scene, rng, split)
+    return _sample(task, split, index, kind, [with_image(question, rng), answer], [("image", img)])
+
+
+def conversation(split, index, seed=0, turns=4):
+    """A multi-turn conversation about one image, as in LLaVA-Instruct: several questions, each
+    answered (and trained on) in turn; never the same question twice. The kind is the last one's."""
+    scene, rng, img = _image(split, index, seed, "conversation")
+    qa = []
+    while len(qa) < turns:  # distinct questions: a repeat could be answered by copying
+        kind, question, answer = ask(scene, rng, split)
+        if question not in [q for _, q, _ in qa]:
+            qa.append((kind, question, answer))
+    texts = [t for _, q, a in qa for t in (q, a)]
+    texts[0] = with_image(texts[0], rng)
+    return _sample("conversation", split, index, qa[-1][0], texts, [("image", img)])
 
 
 def vqa_one(split, index, seed=0):
@@ -173,10 +198,12 @@ def counted(n, noun):
 
 
 def text(split, index, seed=0):
-    """Text-only sentences of the same grammar, for language-model pre-training."""
+    """Text-only sentences of the same grammar, for language-model pre-training. Half of them are
+    reading comprehension: a scene described in words, a question about it and its answer, so the
+    language model learns to look things up in its context, as real LLMs do before LLaVA."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
         while True:
-            form, scene, tones = int(rng.integers(4)), world.sample_scene(rng), sound.sample_tones(rng)
+            form, scene, tones = int(rng.integers(8)), world.sample_scene(rng), sound.sample_tones(rng)
             if not world.is_novel(scene) and (tones["pitch"], tones["timbre"]) not in HELDOUT_TONES:
                 return form, scene, tones, sound.sample_utterance(rng)
     (form, scene, tones, utt), rng = draw("text", split, index, seed, sample)
@@ -187,12 +214,16 @@ def text(split, index, seed=0):
         f"there {counted(len(scene), 'shape')} and {NUMBERS[tones['beeps']]} {tones['pitch']} "
         f"{tones['timbre']} beep{'s' * (tones['beeps'] > 1)}",
         "the digits are " + " ".join(utt["digits"]),
-    ][form]
+    ][form] if form < 4 else None
+    if sentence is None:
+        _, question, answer = ask(scene, rng, split)
+        described = f"{world.describe(scene)}."
+        sentence = f"{described} {question} {answer}" if form < 6 else f"{question} {described} {answer}"
     return {"id": f"text/{split}/{index}", "task": "text", "kind": "text",
             "conversations": [{"from": "gpt", "value": sentence}], "media": []}
 
 
-TASKS = {f.__name__: f for f in (caption, vqa, vqa_one, interleaved, text_to_image, audio_qa,
+TASKS = {f.__name__: f for f in (caption, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
                                  speech, video_qa, text)}
 
 
@@ -209,4 +240,4 @@ WORDS = sorted(set(
     + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
     + """a and at the what colour shape is one where size how many shapes are there was draw
     beep beeps pitch it timbre digits said which way does move moving""".split()))
-PUNCTUATION = ("?", ".")
+PUNCTUATION = ("?", ".", "\n")

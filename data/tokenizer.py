@@ -6,7 +6,8 @@ Encoding splits text into special tokens, runs of letters/digits, and everything
 is a known word becomes one token, anything else becomes its UTF-8 bytes. Word tokens carry an
 implicit single space before them when they follow any non-byte token, so "<image> what colour is
 it?" is 6 tokens and decodes back exactly; a word glued to such a token with no space between is
-spelled in bytes, so nothing is ever lost.
+spelled in bytes, so nothing is ever lost. A newline is a token too, and like a byte it adds no space:
+"<image>\nwhat colour" is <image> \n what colour.
 """
 import json
 import re
@@ -49,7 +50,7 @@ class Tokenizer:
                 prev_word = False
             else:
                 ids.append(self.stoi[piece])
-                prev_word = True
+                prev_word = piece != "\n"  # a newline is whitespace itself: no implicit space after it
             pos = m.end()
         return ids + self._bytes(text[pos:])
 
@@ -74,7 +75,7 @@ class Tokenizer:
             if is_word and prev_word:
                 out.append(" ")
             out.append(s)
-            prev_word = True  # words, punctuation and specials all allow a following implicit space
+            prev_word = s != "\n"  # words, punctuation and specials allow a following implicit space
         if buf:
             out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)

@@ -262,7 +262,7 @@ def test_compose_questions_name_a_heldout_object(task):
     """A compose question that names an object names a held-out one, and its answer is right."""
     named = 0
     for s in samples(task, "compose", 100):
-        question = s["conversations"][-2]["value"].replace("<image> ", "")
+        question = s["conversations"][-2]["value"].replace("<image>\n", "").replace("\n<image>", "")
         answer = s["conversations"][-1]["value"]
         objects = [o for scene in scenes_of(s) for o in scene]
         if question == "how many shapes are there?":

@@ -40,7 +40,8 @@ def test_causality():
     t = b["tokens"].clone()
     logits, _, _ = m(t, None, b["media"])
     t2 = t.clone()
-    t2[:, -3:] = TOK.stoi["red"]
+    tail = t2[:, -3:]
+    t2[:, -3:] = torch.where(tail == TOK.image, tail, TOK.stoi["red"])  # placeholders stay: media must fit
     logits2, _, _ = m(t2, None, b["media"])
     assert torch.allclose(logits[:, :-3], logits2[:, :-3], atol=1e-6)
     assert not torch.allclose(logits[:, -2:], logits2[:, -2:])
@@ -65,11 +66,12 @@ def test_kv_cache_generation_equals_full_recompute(phase):
 def test_sampling_respects_top_k():
     """With top_k=1 sampling at any temperature is greedy."""
     m = make().eval()
-    b = batch(m, n=1)
-    prompt = b["tokens"][:, :12]
+    col = Collator(TOK, m.media_tokens)
+    sample, _ = Collator.prompt(Mixture({"vqa": 1.0}, "val", 10)[0])
+    prompt, media = torch.tensor([col.encode(sample)[0]]), col.pack_media([sample])
     torch.manual_seed(1)
-    assert torch.equal(m.generate(prompt, b["media"], 5, temperature=2.0, top_k=1),
-                       m.generate(prompt, b["media"], 5, temperature=0))
+    assert torch.equal(m.generate(prompt, media, 5, temperature=2.0, top_k=1),
+                       m.generate(prompt, media, 5, temperature=0))
 
 
 def test_align_trains_only_the_projector():
@@ -90,7 +92,7 @@ def test_phases_freeze_as_the_papers_say():
     groups = lambda m: {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
     assert groups(make("instruct")) == {"projector", "decoder"}
     assert groups(make("text")) == {"decoder"}
-    assert groups(make("vision")) == {"encoder", "tower"}
+    assert groups(make("vision")) == {"encoder", "tower_in", "tower"}
     assert list(L.PHASES) == ["text", "vision", "align", "instruct"]
     with pytest.raises(ValueError, match="unknown phase"):
         make("pretrain")
@@ -116,16 +118,27 @@ def test_image_features_land_on_the_placeholders():
     m = make()
     b = batch(m, n=3)
     x = m.embed(b["tokens"], b["media"])
-    feats = m.projector(m.encoder(b["media"]["image"], -2))  # (N, 9, C)
+    feats = m.projector(m.pixel_shuffle(m.encoder(b["media"]["image"], -2)))  # (N, 9, C)
     slots = b["tokens"] == TOK.image
     assert torch.allclose(x[slots].view(3, 9, -1), feats)
     assert torch.equal(x[~slots], m.decoder.emb(b["tokens"])[~slots])
 
 
+def test_pixel_shuffle_groups_neighbouring_patches():
+    """Token k of the 3x3 output concatenates the 2x2 block of patches under cell k, in order."""
+    m = make()
+    x = torch.arange(36.0).view(1, 36, 1)  # patch index as its only feature
+    out = m.pixel_shuffle(x)[0]  # (9, 4)
+    assert out[0].tolist() == [0, 1, 6, 7] and out[4].tolist() == [14, 15, 20, 21]
+    assert out[8].tolist() == [28, 29, 34, 35]
+    assert make(shuffle=1, image_size=36).media_tokens == {"image": 9}
+
+
 def test_linear_projector_switch():
-    """projector='linear' is LLaVA v1's single matrix."""
-    m = make(projector="linear")
-    assert isinstance(m.projector, torch.nn.Linear)
+    """projector='linear' is LLaVA v1's single matrix; the default is LLaVA-1.5's Linear-GELU-Linear."""
+    nn = torch.nn
+    assert isinstance(make(projector="linear").projector, nn.Linear)
+    assert [type(layer) for layer in make().projector] == [nn.Linear, nn.GELU, nn.Linear]
     with pytest.raises(ValueError, match="projector"):
         L.Config(projector="mlp3x")
 

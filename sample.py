@@ -1,0 +1,144 @@
+"""Ask a checkpoint questions: fresh toy samples of a task, or your own image or sound with a prompt.
+
+    python sample.py out/llava/instruct.pt                         # 8 test questions of its phase's task
+    python sample.py out/llava/instruct.pt --task vqa --split compose --n 16
+    python sample.py out/llava/align.pt --temperature 0.8 --top_k 5 --seed 1
+    python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
+
+Prints each prompt, the model's answer and the truth, and draws them under the media into --out
+(green: exact match, red: wrong, grey: no truth to compare with).
+"""
+import argparse
+import os
+import textwrap
+import wave
+
+import torch
+from matplotlib.figure import Figure
+
+import train
+from data import SPLITS, TASKS, Collator, get_sample
+from data.__main__ import show_media
+from data.folder import MARKER, read_frames, read_wav
+from data.world import IMAGE_SIZE
+
+USER_MEDIA = ("image", "audio", "speech")  # the modalities a single file on the command line can be
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("checkpoint", help="a checkpoint written by train.py, e.g. out/llava/instruct.pt")
+    a("--task", default=None, help="a toy task (default: the checkpoint phase's first task with a prompt)")
+    a("--split", default="test", choices=SPLITS)
+    a("--n", type=int, default=8, help="how many toy samples")
+    a("--seed", type=int, default=0, help="picks the toy samples (the world's seed) and seeds sampling")
+    for m in USER_MEDIA:
+        a(f"--{m}", default=None, help=f"your own {m} file ({'an image' if m == 'image' else 'a PCM wav'})")
+    a("--prompt", default=None, help="the question about your file; <image>/<audio>/<speech> is prepended if absent")
+    a("--temperature", type=float, default=0.0, help="0: greedy")
+    a("--top_k", type=int, default=None)
+    a("--max_new_tokens", type=int, default=None, help="default: the longest truth + 1, or 32 for your own file")
+    a("--device", default="cpu")
+    a("--out", default="samples.png", help="where the picture goes")
+    return p
+
+
+def toy_prompts(args, phase, phases):
+    """[(prompt sample, truth)] of n fresh samples of the task."""
+    has_prompt = [t for t in train.eval_tasks(phases[phase]) if len(get_sample(t, "train", 0)["conversations"]) > 1]
+    task = args.task or (has_prompt[0] if has_prompt else None)
+    if task is None:
+        raise SystemExit(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    try:
+        return [Collator.prompt(get_sample(task, args.split, i, args.seed)) for i in range(args.n)]
+    except ValueError as e:  # e.g. a task with no compose split, or nothing to answer
+        raise SystemExit(f"cannot ask {task!r} questions: {e}")
+
+
+def user_prompt(args):
+    """[(prompt sample, None)] of the files on the command line and the prompt."""
+    files = {m: getattr(args, m) for m in USER_MEDIA if getattr(args, m)}
+    if not args.prompt:
+        raise SystemExit(f"--prompt is needed with --{' / --'.join(files)}: what should the model answer?")
+    text = "".join(f"<{m}> " for m in files if f"<{m}>" not in args.prompt) + args.prompt
+    order = MARKER.findall(text)
+    if sorted(order) != sorted(files):
+        raise SystemExit(f"the prompt's markers {order} do not match the files given ({', '.join(files) or 'none'})")
+    media = []
+    for m in order:
+        if not os.path.isfile(files[m]):
+            raise SystemExit(f"--{m} {files[m]!r}: no such file")
+        try:
+            data = read_frames(files[m], 1, IMAGE_SIZE)[0] if m == "image" else read_wav(files[m], m)
+        except (OSError, ValueError, EOFError, wave.Error) as e:
+            raise SystemExit(f"cannot read --{m} {files[m]!r} ({e}); it must be "
+                             f"{'an image Pillow reads' if m == 'image' else 'a PCM wav'}")
+        media.append({"type": m, "data": data})
+    sample = {"id": "user", "task": "user", "kind": "user", "media": media,
+              "conversations": [{"from": "human", "value": text}]}
+    return [(sample, None)]
+
+
+def question(prompt):
+    return " ".join(t["value"] for t in prompt["conversations"])
+
+
+def draw(rows, path, columns=4, width=36):
+    """Each sample's media, and under it the prompt (black), the answer and the truth (in colour)."""
+    cols, texts = min(columns, len(rows)), []
+    for prompt, truth, reply in rows:
+        colour = "grey" if truth is None else "green" if reply == truth else "red"
+        texts.append([(line, "black") for line in textwrap.wrap(question(prompt), width)]
+                     + [(line, colour) for line in textwrap.wrap(f"model: {reply or '(nothing)'}", width)
+                        + textwrap.wrap(f"truth: {'?' if truth is None else truth}", width)])
+    height, text_in = (len(rows) + cols - 1) // cols, 0.16 * max(map(len, texts)) + 0.1  # 11 pt a line
+    fig = Figure(figsize=(3.2 * cols, (3.0 + text_in) * height))
+    grid = fig.add_gridspec(2 * height, cols, height_ratios=[2.8, text_in] * height, left=0.02, right=0.98,
+                            top=0.98, bottom=0.01, wspace=0.1, hspace=0.05)
+    for k, ((prompt, _, _), lines) in enumerate(zip(rows, texts)):
+        show_media(fig.add_subplot(grid[2 * (k // cols), k % cols]), prompt)
+        ax = fig.add_subplot(grid[2 * (k // cols) + 1, k % cols])
+        ax.set_axis_off()
+        for j, (line, colour) in enumerate(lines):
+            ax.annotate(line, (0, 1), xycoords="axes fraction", xytext=(0, -11 * j), textcoords="offset points",
+                        va="top", fontsize=8, family="monospace", color=colour)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.n < 1:
+        raise SystemExit("--n must be at least 1")
+    try:
+        model, tok, ck = train.load_model(args.checkpoint, args.device)
+    except (ValueError, KeyError) as e:  # wrong shapes or keys, or not a train.py checkpoint at all
+        raise SystemExit(f"cannot load {args.checkpoint!r}: {type(e).__name__}: {e}")
+    torch.manual_seed(args.seed)
+    collator = Collator(tok, model.media_tokens, max_len=getattr(model.cfg, "max_seq", None))
+    own = args.prompt or any(getattr(args, m) for m in USER_MEDIA)
+    prompts = user_prompt(args) if own else toy_prompts(args, ck["phase"], train.model_module(ck["model_name"]).PHASES)
+    max_new = args.max_new_tokens or (32 if own else max(len(tok.encode(t)) for _, t in prompts) + 1)
+    print(f"{ck['model_name']} after phase {ck['phase']!r} (step {ck['step']}), {len(prompts)} prompt(s)")
+    try:
+        replies = train.answer(model, collator, [p for p, _ in prompts], max_new, args.device,
+                               args.temperature, args.top_k)
+    except ValueError as e:  # e.g. a modality this model does not take, or a prompt too long
+        raise SystemExit(f"cannot answer: {e}")
+    rows = [(p, t, r) for (p, t), r in zip(prompts, replies)]
+    for i, (prompt, truth, reply) in enumerate(rows):
+        mark = "" if truth is None else "  right" if reply == truth else "  WRONG"
+        print(f"[{i}] {question(prompt)}\n"
+              f"    model: {reply or '(nothing)'}\n    truth: {'?' if truth is None else truth}{mark}")
+    judged = [r for r in rows if r[1] is not None]
+    if judged:
+        print(f"exact match {sum(r[1] == r[2] for r in judged)}/{len(judged)}")
+    draw(rows, args.out)
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Tests for bench.py (FLOP counting, MFU, the JSON report) and sample.py (answers, picture, errors)."""
+import json
+
+import pytest
+import torch
+
+import bench
+import sample
+import train
+
+
+def tiny(tmp_path):
+    args, extra = bench.build_parser().parse_known_args(["--model", "llava", "--size", "tiny",
+                                                         "--out_dir", str(tmp_path)])
+    return bench.build("llava", args, extra)
+
+
+def test_counted_flops_match_the_analytic_count(tmp_path):
+    """A text-only batch runs the decoder alone: every matmul parameter costs 6 FLOPs a token
+    (forward 2, backward 4) and attention 4*T*C a token a layer forward, 2.5 times that backward
+    (FlopCounterMode's formulas, causal masking not discounted). The CPU attention kernel counts."""
+    trainer, _ = tiny(tmp_path)
+    B, T = 4, 32
+    batch = bench.synthetic_batch(trainer, B, T, {})
+    assert batch["tokens"].shape == (B, T) and batch["media"] == {}
+    cfg = trainer.cfg
+    C, H, L, V = cfg.n_embd, cfg.mlp_hidden, cfg.n_layer, cfg.vocab_size
+    matmul_params = L * (4 * C * C + 3 * C * H) + C * V  # qkv, proj, gate_up, down; the tied head
+    expected = 6 * matmul_params * B * T + 14 * L * B * T * T * C
+    assert bench.count_flops(trainer.model, batch, trainer.ctx) == pytest.approx(expected, rel=0.02)
+    assert all(p.grad is None for p in trainer.model.parameters())  # counting leaves no gradients behind
+
+
+def test_synthetic_batch_has_placeholders_then_text(tmp_path):
+    trainer, batch = tiny(tmp_path)
+    P, tok = trainer.model.media_tokens["image"], trainer.tok
+    assert batch["tokens"].shape == (4, P + 16) and batch["media"]["image"].shape == (4, 3, 32, 32)
+    assert (batch["tokens"][:, :P] == tok.image).all() and (batch["tokens"][:, P:] >= len(tok.specials)).all()
+    assert (batch["targets"][:, :P - 1] == -100).all() and (batch["targets"][:, P - 1:] >= len(tok.specials)).all()
+    assert all(p.requires_grad for p in trainer.model.parameters())  # throughput trains everything
+
+
+def test_bench_report(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    report = bench.main(["--model", "llava,flamingo", "--size", "tiny", "--steps", "2", "--warmup", "1",
+                         "--json", str(out), "--out_dir", str(tmp_path)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    m, r = report["machine"], report["models"]["llava"]
+    assert m["peak_flops"] > 0 and m["threads"] == 2 and m["torch"] == torch.__version__ and m["device_name"]
+    assert 0 < r["mfu"] < 1.5
+    assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["step_s"] / m["peak_flops"])
+    assert r["tokens_per_s"] == pytest.approx(r["batch"]["tokens"] / r["step_s"])
+    assert r["flops_per_token"] == pytest.approx(r["flops_per_step"] / r["batch"]["tokens"])
+    assert r["params"]["total"] == sum(r["params"]["groups"].values()) > 0
+    assert r["forward_s"] > 0 and r["memory"]["bytes"] >= 0 and r["memory"]["kind"]
+    assert "skipped" in report["models"]["flamingo"] or "mfu" in report["models"]["flamingo"]
+    table = capsys.readouterr().out
+    assert "| llava |" in table and "MFU" in table
+
+
+def test_bench_rejects_bad_arguments():
+    with pytest.raises(SystemExit, match="unknown --size"):
+        bench.main(["--model", "llava", "--size", "huge"])
+    with pytest.raises(SystemExit, match="unknown model"):
+        bench.main(["--model", "gpt5"])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """llava's last phase alone, 3 steps: enough for a checkpoint, not for right answers."""
+    out = tmp_path_factory.mktemp("llava")
+    train.main(["--model", "llava", "--phase", "instruct", "--steps", "3", "--batch_size", "8", "--eval_every", "3",
+                "--eval_samples", "8", "--final_samples", "8", "--no_final_eval", "--out_dir", str(out)])
+    return out / "instruct.pt"
+
+
+def test_sample_answers_toy_questions(checkpoint, tmp_path, capsys):
+    png = tmp_path / "samples.png"
+    rows = sample.main([str(checkpoint), "--n", "3", "--out", str(png)])
+    printed = capsys.readouterr().out
+    assert len(rows) == 3 and all(truth for _, truth, _ in rows)  # instruct's task, vqa: with truths
+    assert printed.count("model:") == 3 and printed.count("truth:") == 3 and "exact match" in printed
+    assert png.stat().st_size > 0
+
+
+def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
+    from PIL import Image
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "mine.png")
+    rows = sample.main([str(checkpoint), "--image", str(tmp_path / "mine.png"), "--prompt", "what colour is it?",
+                        "--temperature", "1", "--top_k", "3", "--out", str(tmp_path / "mine_out.png")])
+    (prompt, truth, _), = rows
+    assert truth is None and prompt["conversations"][0]["value"] == "<image> what colour is it?"
+    assert prompt["media"][0]["data"].shape == (64, 64, 3) and (tmp_path / "mine_out.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.pt"], "not found"),
+    (["{ck}", "--image", "missing.png", "--prompt", "hi"], "no such file"),
+    (["{ck}", "--image", "{bad}", "--prompt", "hi"], "cannot read --image"),
+    (["{ck}", "--image", "{bad}"], "--prompt is needed"),
+    (["{ck}", "--task", "text"], "cannot ask 'text' questions"),
+    (["{ck}", "--task", "audio_qa"], "takes no audio"),
+])
+def test_sample_errors_are_messages(checkpoint, tmp_path, argv, message):
+    (tmp_path / "bad.png").write_text("not an image")
+    argv = [a.format(ck=checkpoint, bad=tmp_path / "bad.png") for a in argv] + ["--out", str(tmp_path / "x.png")]
+    with pytest.raises(SystemExit, match=message):
+        sample.main(argv)
