@@ -326,9 +326,9 @@ class Model(nn.Module):
 
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override)
 PHASES = {
-    "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=500, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "tower_in", "tower"], tasks={"caption": 1.0}, steps=500, lr=2e-3, batch_size=64),
+    "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
+    "vision": dict(train=["encoder", "tower_in", "tower"], tasks={"caption": 1.0}, steps=1000, lr=2e-3, batch_size=64),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
-    "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "vqa": 2.0}, eval=["vqa"],
-                     steps=1500, lr=3e-3, batch_size=64),
+    "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"],
+                     steps=1100, lr=3e-3, batch_size=64),
 }

@@ -201,3 +201,12 @@ def test_corrupt_checkpoint_and_config_mismatch(tmp_path, recipe):
         run(tmp_path, "--init_from", str(out / "instruct.pt"), "--n_embd", "64", "--steps", "1")
     with pytest.raises(SystemExit, match="no checkpoint"):
         run(tmp_path / "empty", "--resume")
+
+
+def test_time_budget_stops_a_phase_cleanly(tmp_path):
+    """--max_minutes ends a phase early with an evaluated, finished checkpoint."""
+    run(tmp_path, "--phase", "instruct", "--steps", "100000", "--max_minutes", "0.05", "--batch_size", "4",
+        "--no_final_eval")
+    ck = torch.load(tmp_path / "instruct.pt", weights_only=True)
+    assert ck["done"] and 0 < ck["step"] < 100000
+    assert [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
