@@ -31,7 +31,8 @@ from data import IGNORE, Mixture
 SIZES = {
     "toy-S": {  # DESIGN.md section 5: equal sizes, so the five files compare fairly
         "llava": dict(config=dict(n_embd=256, n_layer=6, n_head=8, mlp_hidden=688, vocab_size=1024,
-                                  image_size=64, patch=8, vit_embd=256, vit_layers=4, vit_heads=8, vit_mlp=1024),
+                                  image_size=64, patch=8, shuffle=1, vit_embd=256, vit_layers=4, vit_heads=8,
+                                  vit_mlp=1024),
                       batch=16, text=64, media={"image": (3, 64, 64)}),
     },
     "tiny": {  # for the tests: seconds, not minutes

@@ -210,3 +210,12 @@ def test_time_budget_stops_a_phase_cleanly(tmp_path):
     ck = torch.load(tmp_path / "instruct.pt", weights_only=True)
     assert ck["done"] and 0 < ck["step"] < 100000
     assert [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
+
+
+def test_trains_on_an_on_disk_folder(tmp_path):
+    """--data DIR trains on a dataset folder (here written from the toy world) through the same collator."""
+    from data import write_folder
+    folder = write_folder(str(tmp_path / "mydata"), "vqa", "train", 12)
+    run(tmp_path / "out", "--phase", "instruct", "--data", folder, "--steps", "2", "--batch_size", "4",
+        "--no_final_eval", "--eval_every", "100")
+    assert len(losses(tmp_path / "out")) == 2
