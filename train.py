@@ -269,7 +269,7 @@ class Log:
             recs = [json.loads(line) for line in open(path)]
             with open(path, "w") as f:
                 for r in recs:
-                    if r["gstep"] <= keep_until and not (r["kind"] == "final"):
+                    if r["gstep"] <= keep_until and r["kind"] != "final":
                         f.write(json.dumps(r) + "\n")
 
     def write(self, **rec):
@@ -466,6 +466,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss_sum):.4f}", lr=f"{lr:.1e}", tok_s=f"{ntok / dt:,.0f}")
                 bar.update(1)
             out_of_time = deadline is not None and time.time() > deadline
+            if self.ddp and deadline is not None:  # every rank stops at the same step, or DDP hangs
+                flag = torch.tensor(float(out_of_time), device=self.device)
+                dist.all_reduce(flag)
+                out_of_time = bool(flag > 0)
             if out_of_time and self.master:
                 print(f"\n{phase}: time budget reached at step {step}/{steps}; moving on")
             if step % eval_every == 0 or step == steps or out_of_time:
