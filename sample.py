@@ -4,6 +4,7 @@
     python sample.py out/llava/instruct.pt --task vqa --split compose --n 16
     python sample.py out/llava/align.pt --temperature 0.8 --top_k 5 --seed 1
     python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
+    python sample.py out/llava/instruct.pt --task vqa --n 1000 --by_shapes   # accuracy by kind x shapes
 
 Prints each prompt, the model's answer and the truth, and draws them under the media into --out
 (green: exact match, red: wrong, grey: no truth to compare with).
@@ -20,7 +21,7 @@ import train
 from data import SPLITS, TASKS, Collator, get_sample
 from data.__main__ import show_media
 from data.folder import MARKER, read_frames, read_wav
-from data.world import IMAGE_SIZE
+from data.world import IMAGE_SIZE, analyse_image
 
 USER_MEDIA = ("image", "audio", "speech")  # the modalities a single file on the command line can be
 
@@ -40,7 +41,9 @@ def build_parser():
     a("--top_k", type=int, default=None)
     a("--max_new_tokens", type=int, default=None, help="default: the longest truth + 1, or 32 for your own file")
     a("--device", default="cpu")
-    a("--out", default="samples.png", help="where the picture goes")
+    a("--out", default="samples.png", help="where the picture goes (the first 16 samples)")
+    a("--by_shapes", action="store_true", help="also print exact match per question kind and number of "
+      "shapes in the image: does the model find the object a question names among several?")
     return p
 
 
@@ -108,6 +111,19 @@ def draw(rows, path, columns=4, width=36):
     fig.savefig(path, dpi=110)
 
 
+def by_shapes(rows):
+    """Exact match per (question kind, shapes in the image), the shapes counted by the world's analyser."""
+    cells = {}
+    for prompt, truth, reply in rows:
+        images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
+        if truth is not None and images:
+            key = (prompt.get("kind", prompt["task"]), len(analyse_image(images[0])))
+            cells.setdefault(key, []).append(reply == truth)
+    for kind in sorted({k for k, _ in cells}):
+        print(f"{kind:>10}: " + "  ".join(f"{n} shape{'s' * (n != 1)} {sum(v)}/{len(v)} = {sum(v) / len(v):.3f}"
+                                         for (k, n), v in sorted(cells.items()) if k == kind))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.n < 1:
@@ -128,14 +144,18 @@ def main(argv=None):
     except ValueError as e:  # e.g. a modality this model does not take, or a prompt too long
         raise SystemExit(f"cannot answer: {e}")
     rows = [(p, t, r) for (p, t), r in zip(prompts, replies)]
-    for i, (prompt, truth, reply) in enumerate(rows):
+    for i, (prompt, truth, reply) in enumerate(rows[:16]):
         mark = "" if truth is None else "  right" if reply == truth else "  WRONG"
         print(f"[{i}] {question(prompt)}\n"
               f"    model: {reply or '(nothing)'}\n    truth: {'?' if truth is None else truth}{mark}")
+    if len(rows) > 16:
+        print(f"... and {len(rows) - 16} more")
     judged = [r for r in rows if r[1] is not None]
     if judged:
         print(f"exact match {sum(r[1] == r[2] for r in judged)}/{len(judged)}")
-    draw(rows, args.out)
+    if args.by_shapes:
+        by_shapes(rows)
+    draw(rows[:16], args.out)
     print(f"wrote {args.out}")
     return rows
 

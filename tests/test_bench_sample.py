@@ -1,5 +1,6 @@
 """Tests for bench.py (FLOP counting, MFU, the JSON report) and sample.py (answers, picture, errors)."""
 import json
+import re
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import bench
 import sample
 import train
+from data import world
 
 
 def tiny(tmp_path):
@@ -81,6 +83,18 @@ def test_sample_answers_toy_questions(checkpoint, tmp_path, capsys):
     assert len(rows) == 3 and all(truth for _, truth, _ in rows)  # instruct's task, vqa: with truths
     assert printed.count("model:") == 3 and printed.count("truth:") == 3 and "exact match" in printed
     assert png.stat().st_size > 0
+
+
+def test_sample_by_shapes_counts_every_question_once(checkpoint, tmp_path, capsys):
+    """--by_shapes splits exact match by question kind and shapes in the image; the cells add up to n,
+    only the first 16 samples are printed one by one, and the counts are the analyser's."""
+    rows = sample.main([str(checkpoint), "--task", "vqa", "--n", "40", "--by_shapes", "--out", str(tmp_path / "s.png")])
+    printed = capsys.readouterr().out
+    cells = re.findall(r"(\d) shapes? (\d+)/(\d+) = ", printed)
+    assert sum(int(n) for _, _, n in cells) == 40 and printed.count("model:") == 16 and "and 24 more" in printed
+    assert sum(int(k) for _, k, _ in cells) == sum(truth == reply for _, truth, reply in rows)
+    shapes = {len(world.analyse_image(p["media"][0]["data"])) for p, _, _ in rows}
+    assert {int(s) for s, _, _ in cells} == shapes
 
 
 def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
