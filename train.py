@@ -63,7 +63,7 @@ def build_parser():
     a("--beta2", type=float, default=0.95)
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     a("--eval_every", type=int, default=0, help="evaluate every N steps (default: 4 times a phase)")
-    a("--eval_samples", type=int, default=200, help="held-out samples per task for accuracy, and for val loss")
+    a("--eval_samples", type=int, default=100, help="held-out samples per task for accuracy, and for val loss")
     a("--final_samples", type=int, default=500, help="samples per task for the final test/compose report")
     a("--data", default=None, help="train on this on-disk dataset folder instead of the toy world")
     a("--seed", type=int, default=0)
