@@ -6,8 +6,8 @@
     python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
     python sample.py out/llava/instruct.pt --task vqa --n 1000 --by_shapes   # accuracy by kind x shapes
 
-Prints each prompt, the model's answer and the truth, and draws them under the media into --out
-(green: exact match, red: wrong, grey: no truth to compare with).
+Prints each prompt, the model's answer and the truth (the first 16 of them, then the exact-match
+count), and draws those under their media into --out (green: exact match, red: wrong, grey: no truth).
 """
 import argparse
 import os

@@ -168,7 +168,7 @@ def answer(model, collator, prompts, max_new, device, temperature=0.0, top_k=Non
     equal length are generated as one batch, so no padding is needed."""
     model.eval()
     encoded = [collator.encode(p)[0] for p in prompts]
-    by_len, replies = {}, [None] * len(prompts)
+    by_len, replies, eos = {}, [None] * len(prompts), collator.tok.eos
     for i, ids in enumerate(encoded):
         by_len.setdefault(len(ids), []).append(i)
     for rows in by_len.values():
@@ -179,7 +179,6 @@ def answer(model, collator, prompts, max_new, device, temperature=0.0, top_k=Non
             with ctx:
                 gen = model.generate(tokens, media, max_new, temperature, top_k).tolist()
             for i, g in zip(idx, gen):
-                eos = collator.tok.eos
                 replies[i] = collator.tok.decode(g[:g.index(eos)] if eos in g else g).strip()
     return replies
 
