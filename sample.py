@@ -21,7 +21,7 @@ import train
 from data import SPLITS, TASKS, Collator, get_sample
 from data.__main__ import show_media
 from data.folder import MARKER, read_frames, read_wav
-from data.world import IMAGE_SIZE, analyse_image
+from data.world import IMAGE_SIZE, POSITIONS, analyse_image
 
 USER_MEDIA = ("image", "audio", "speech")  # the modalities a single file on the command line can be
 
@@ -112,16 +112,24 @@ def draw(rows, path, columns=4, width=36):
 
 
 def by_shapes(rows):
-    """Exact match per (question kind, shapes in the image), the shapes counted by the world's analyser."""
-    cells = {}
+    """Exact match per (question kind, shapes in the image), the shapes counted by the world's analyser;
+    and how many wrong answers name *another* shape's colour, shape, size or place (a binding failure:
+    the model read the right kind of fact from the wrong shape)."""
+    attr = {"colour": lambda o: o.colour, "shape": lambda o: o.shape, "size": lambda o: o.size,
+            "position": lambda o: POSITIONS[o.cell]}
+    cells, other = {}, {}
     for prompt, truth, reply in rows:
         images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
         if truth is not None and images:
-            key = (prompt.get("kind", prompt["task"]), len(analyse_image(images[0])))
-            cells.setdefault(key, []).append(reply == truth)
+            kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
+            cells.setdefault((kind, len(scene)), []).append(reply == truth)
+            if kind in attr and reply != truth:
+                other.setdefault(kind, []).append(reply in {attr[kind](o) for o in scene})
     for kind in sorted({k for k, _ in cells}):
+        wrong = other.get(kind, [])
         print(f"{kind:>10}: " + "  ".join(f"{n} shape{'s' * (n != 1)} {sum(v)}/{len(v)} = {sum(v) / len(v):.3f}"
-                                         for (k, n), v in sorted(cells.items()) if k == kind))
+                                         for (k, n), v in sorted(cells.items()) if k == kind)
+              + (f"  | wrong but another shape's: {sum(wrong)}/{len(wrong)}" if wrong else ""))
 
 
 def main(argv=None):

@@ -97,6 +97,17 @@ def test_sample_by_shapes_counts_every_question_once(checkpoint, tmp_path, capsy
     assert {int(s) for s, _, _ in cells} == shapes
 
 
+def test_by_shapes_counts_answers_that_name_another_shape(capsys):
+    """A wrong answer is a binding failure when it is another shape's fact, not when it is no shape's."""
+    import numpy as np
+    scene = (world.Obj(0, "red", "circle", "large"), world.Obj(8, "blue", "square", "large"))
+    img = world.render_scene(scene, np.random.default_rng(0))
+    ask = {"kind": "position", "task": "vqa", "media": [{"type": "image", "data": img}]}
+    rows = [(ask, "top left", "bottom right"), (ask, "top left", "center"), (ask, "top left", "top left")]
+    sample.by_shapes(rows)
+    assert "position: 2 shapes 1/3 = 0.333  | wrong but another shape's: 1/2" in capsys.readouterr().out
+
+
 def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
     from PIL import Image
     Image.new("RGB", (40, 30), "red").save(tmp_path / "mine.png")
