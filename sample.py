@@ -115,16 +115,15 @@ def by_shapes(rows):
     """Exact match per (question kind, shapes in the image), the shapes counted by the world's analyser;
     and how many wrong answers name *another* shape's colour, shape, size or place (a binding failure:
     the model read the right kind of fact from the wrong shape)."""
-    attr = {"colour": lambda o: o.colour, "shape": lambda o: o.shape, "size": lambda o: o.size,
-            "position": lambda o: POSITIONS[o.cell]}
     cells, other = {}, {}
     for prompt, truth, reply in rows:
         images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
         if truth is not None and images:
             kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
             cells.setdefault((kind, len(scene)), []).append(reply == truth)
-            if kind in attr and reply != truth:
-                other.setdefault(kind, []).append(reply in {attr[kind](o) for o in scene})
+            if kind in ("colour", "shape", "size", "position") and reply != truth:
+                facts = {POSITIONS[o.cell] if kind == "position" else getattr(o, kind) for o in scene}
+                other.setdefault(kind, []).append(reply in facts)
     for kind in sorted({k for k, _ in cells}):
         wrong = other.get(kind, [])
         print(f"{kind:>10}: " + "  ".join(f"{n} shape{'s' * (n != 1)} {sum(v)}/{len(v)} = {sum(v) / len(v):.3f}"

@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,7 +100,6 @@ def test_sample_by_shapes_counts_every_question_once(checkpoint, tmp_path, capsy
 
 def test_by_shapes_counts_answers_that_name_another_shape(capsys):
     """A wrong answer is a binding failure when it is another shape's fact, not when it is no shape's."""
-    import numpy as np
     scene = (world.Obj(0, "red", "circle", "large"), world.Obj(8, "blue", "square", "large"))
     img = world.render_scene(scene, np.random.default_rng(0))
     ask = {"kind": "position", "task": "vqa", "media": [{"type": "image", "data": img}]}
