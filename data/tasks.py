@@ -199,8 +199,9 @@ def counted(n, noun):
 
 def text(split, index, seed=0):
     """Text-only sentences of the same grammar, for language-model pre-training. Half of them are
-    reading comprehension: a scene described in words, a question about it and its answer, so the
-    language model learns to look things up in its context, as real LLMs do before LLaVA."""
+    reading comprehension: a scene described in words, a question about it and its answer, meant to
+    teach the language model to look things up in its context, as real LLMs can before LLaVA (a
+    small LLM learns this slowly: see README)."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
         while True:
             form, scene, tones = int(rng.integers(8)), world.sample_scene(rng), sound.sample_tones(rng)
