@@ -334,8 +334,8 @@ class Trainer:
     def pick_device(self, name):
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-        if name == "cuda" and self.ddp:
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if name == "cuda":  # set_device needs an index: this process's GPU under torchrun, else the current one
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) if self.ddp else torch.cuda.current_device()}"
         if name.startswith("cuda"):
             torch.cuda.set_device(torch.device(name))
         return torch.device(name)

@@ -131,6 +131,22 @@ def test_ddp_accumulation_all_reduces_once_per_step(tmp_path, monkeypatch):
     assert n[1] == n[3] > 0, n
 
 
+@pytest.mark.parametrize("ddp, local_rank, expect", [(False, None, "cuda:1"), (True, "3", "cuda:3")])
+def test_cuda_device_gets_an_index(monkeypatch, ddp, local_rank, expect):
+    """A bare 'cuda' (also what 'auto' picks on a GPU) becomes an indexed device before set_device,
+    which rejects 'cuda' without one; the first run on a GPU machine crashed on exactly that."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if local_rank:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    trainer = type("T", (), {"ddp": ddp})()
+    for name in ("cuda", "auto"):
+        assert str(train.Trainer.pick_device(trainer, name)) == expect
+    assert [str(d) for d in calls] == [expect, expect]
+
+
 def test_state_dict_prefixes_are_stripped():
     """torch.compile's _orig_mod. and DDP's module. prefixes do not leak into checkpoints."""
     sd = {"module._orig_mod.decoder.emb.weight": torch.zeros(1), "_orig_mod.projector.0.bias": torch.zeros(1)}
