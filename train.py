@@ -59,7 +59,8 @@ def build_parser():
     a("--lr", type=float, default=None, help="peak learning rate (default: the phase's own)")
     a("--min_lr_frac", type=float, default=0.1, help="cosine decays to this fraction of the peak")
     a("--warmup", type=float, default=0.05, help="warm-up, as a fraction of the phase's steps")
-    a("--weight_decay", type=float, default=0.1, help="AdamW decay, on matrices only")
+    a("--weight_decay", type=float, default=0.1, help="AdamW decay, on matrices only (a phase may set its own "
+      "for some parameters: PHASES weight_decay)")
     a("--beta2", type=float, default=0.95)
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     a("--eval_every", type=int, default=0, help="evaluate every N steps (default: 4 times a phase)")
@@ -292,12 +293,21 @@ def lr_at(step, steps, peak, warmup, min_frac):
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def make_optimizer(model, lr, weight_decay, beta2, fused):
-    """AdamW with decay on matrices (dim >= 2) only; norms, biases and gains are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), fused=fused or None)
+def make_optimizer(model, lr, weight_decay, beta2, fused, decay_by_prefix=None):
+    """AdamW with decay on matrices (dim >= 2) only; norms, biases and gains are not decayed.
+    decay_by_prefix (a phase's "weight_decay", e.g. {"decoder.blocks": 1.0}) gives the matrices
+    whose name starts with a prefix their own decay; the others get `weight_decay`."""
+    prefixes = decay_by_prefix or {}
+    for k in prefixes:
+        if not any(n.startswith(k + ".") for n, _ in model.named_parameters()):
+            raise ValueError(f"weight_decay prefix {k!r} names no parameter of {type(model).__name__}")
+    groups = {}  # decay -> params, in named_parameters order (resume relies on a fixed order)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            decay = next((d for k, d in prefixes.items() if n.startswith(k + ".")), weight_decay)
+            groups.setdefault(decay if p.dim() >= 2 else 0.0, []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": d} for d, ps in groups.items()],
+                             lr=lr, betas=(0.9, beta2), fused=fused or None)
 
 
 class Trainer:
@@ -404,7 +414,8 @@ class Trainer:
         model = torch.compile(self.model) if a.compile else self.model
         if self.ddp:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        opt = make_optimizer(self.model, peak_lr, a.weight_decay, a.beta2, self.device.type == "cuda")
+        opt = make_optimizer(self.model, peak_lr, a.weight_decay, a.beta2, self.device.type == "cuda",
+                             spec.get("weight_decay"))
         step = 0
         if state:  # exact resume: weights were loaded; now optimizer, step, RNG and data position
             opt.load_state_dict(state["optimizer"])

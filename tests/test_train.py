@@ -147,6 +147,22 @@ def test_cuda_device_gets_an_index(monkeypatch, ddp, local_rank, expect):
     assert [str(d) for d in calls] == [expect, expect]
 
 
+def test_phase_weight_decay_by_name_prefix():
+    """A phase's weight_decay gives the matrices under a name prefix their own decay; other matrices
+    keep --weight_decay, and norms, biases and gains are never decayed."""
+    m = torch.nn.ModuleDict({"decoder": torch.nn.ModuleDict({"blocks": torch.nn.Linear(4, 4),
+                                                             "emb": torch.nn.Embedding(8, 4)}),
+                             "projector": torch.nn.Linear(4, 4)})
+    opt = train.make_optimizer(m, 1e-3, 0.1, 0.95, False, {"decoder.blocks": 1.0})
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(m.decoder.blocks.weight)] == 1.0
+    assert decay[id(m.decoder.emb.weight)] == decay[id(m.projector.weight)] == 0.1
+    assert decay[id(m.decoder.blocks.bias)] == decay[id(m.projector.bias)] == 0.0
+    assert len(decay) == len(list(m.parameters()))
+    with pytest.raises(ValueError, match="names no parameter"):
+        train.make_optimizer(m, 1e-3, 0.1, 0.95, False, {"decoder.block": 1.0})
+
+
 def test_state_dict_prefixes_are_stripped():
     """torch.compile's _orig_mod. and DDP's module. prefixes do not leak into checkpoints."""
     sd = {"module._orig_mod.decoder.emb.weight": torch.zeros(1), "_orig_mod.projector.0.bias": torch.zeros(1)}
