@@ -13,6 +13,7 @@ import argparse
 import os
 import textwrap
 import wave
+from collections import Counter
 
 import torch
 from matplotlib.figure import Figure
@@ -43,7 +44,8 @@ def build_parser():
     a("--device", default="cpu")
     a("--out", default="samples.png", help="where the picture goes (the first 16 samples)")
     a("--by_shapes", action="store_true", help="also print exact match per question kind and number of "
-      "shapes in the image: does the model find the object a question names among several?")
+      "shapes in the image (does the model find the object a question names among several?), and each "
+      "kind's commonest wrong answers")
     return p
 
 
@@ -114,13 +116,15 @@ def draw(rows, path, columns=4, width=36):
 def by_shapes(rows):
     """Exact match per (question kind, shapes in the image), the shapes counted by the world's analyser;
     and how many wrong answers name *another* shape's colour, shape, size or place (a binding failure:
-    the model read the right kind of fact from the wrong shape)."""
-    cells, other = {}, {}
+    the model read the right kind of fact from the wrong shape); and each kind's commonest mistakes."""
+    cells, other, mistakes = {}, {}, {}
     for prompt, truth, reply in rows:
         images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
         if truth is not None and images:
             kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
             cells.setdefault((kind, len(scene)), []).append(reply == truth)
+            if reply != truth:
+                mistakes.setdefault(kind, Counter())[f"{truth} -> {reply}"] += 1
             if kind in ("colour", "shape", "size", "position") and reply != truth:
                 facts = {POSITIONS[o.cell] if kind == "position" else getattr(o, kind) for o in scene}
                 other.setdefault(kind, []).append(reply in facts)
@@ -129,6 +133,9 @@ def by_shapes(rows):
         print(f"{kind:>10}: " + "  ".join(f"{n} shape{'s' * (n != 1)} {sum(v)}/{len(v)} = {sum(v) / len(v):.3f}"
                                          for (k, n), v in sorted(cells.items()) if k == kind)
               + (f"  | wrong but another shape's: {sum(wrong)}/{len(wrong)}" if wrong else ""))
+        if kind in mistakes:
+            print(f"{'':>12}commonest mistakes (truth -> reply): "
+                  + ", ".join(f"{pair} x{n}" for pair, n in mistakes[kind].most_common(3)))
 
 
 def main(argv=None):

@@ -105,7 +105,9 @@ def test_by_shapes_counts_answers_that_name_another_shape(capsys):
     ask = {"kind": "position", "task": "vqa", "media": [{"type": "image", "data": img}]}
     rows = [(ask, "top left", "bottom right"), (ask, "top left", "center"), (ask, "top left", "top left")]
     sample.by_shapes(rows)
-    assert "position: 2 shapes 1/3 = 0.333  | wrong but another shape's: 1/2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "position: 2 shapes 1/3 = 0.333  | wrong but another shape's: 1/2" in printed
+    assert "commonest mistakes (truth -> reply): top left -> bottom right x1, top left -> center x1" in printed
 
 
 def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
