@@ -123,9 +123,10 @@ def by_shapes(rows):
         if truth is not None and images:
             kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
             cells.setdefault((kind, len(scene)), []).append(reply == truth)
-            if reply != truth:
-                mistakes.setdefault(kind, Counter())[f"{truth} -> {reply}"] += 1
-            if kind in ("colour", "shape", "size", "position") and reply != truth:
+            if reply == truth:
+                continue
+            mistakes.setdefault(kind, Counter())[f"{truth} -> {reply}"] += 1
+            if kind in ("colour", "shape", "size", "position"):
                 facts = {POSITIONS[o.cell] if kind == "position" else getattr(o, kind) for o in scene}
                 other.setdefault(kind, []).append(reply in facts)
     for kind in sorted({k for k, _ in cells}):
