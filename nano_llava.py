@@ -9,7 +9,8 @@ vision encoder whose outputs are spliced into the language model's *input*; the 
                                                      |  pixel shuffle: 2x2 neighbours -> 1 token
                                                      v
                                           (N, 9, 512): one token per cell of the 3x3 world grid
-                                                     |  projector: Linear-GELU-Linear (1.5) or Linear (v1)
+                                                     |  projector: Linear-GELU-Linear (1.5) or Linear (v1),
+                                                     |             then RMSNorm (not in LLaVA)
                                                      v
                                           image embeddings (N, 9, C)
                                                      |  written over the <image> placeholders
@@ -33,8 +34,9 @@ Simplified or changed relative to the papers: the ViT is tiny and trained here (
 nothing pools it); a pixel shuffle (not in LLaVA; used by InternVL, Idefics3, nanoVLM) merges 2x2
 patches so the LLM gets one token per cell of the world's 3x3 grid while the ViT still sees shapes
 in parts (with one 16px patch per cell its features told shapes apart only ~79% of the time);
-shuffle=1 turns it off. The conversation template is <bos> user <sep> assistant <eos> instead of
-Vicuna's "USER: ... ASSISTANT:", and the LLM's head is tied to its token embedding.
+shuffle=1 turns it off. The projector ends in an RMSNorm (proj_norm=False: LLaVA's own; Model says
+why). The conversation template is <bos> user <sep> assistant <eos> instead of Vicuna's
+"USER: ... ASSISTANT:", and the LLM's head is tied to its token embedding.
 """
 import math
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ class Config:
     vit_mlp: int = 512
     select_layer: int = -2         # LLaVA reads the penultimate layer (--mm_vision_select_layer -2)
     projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" for LLaVA v1
+    proj_norm: bool = True         # RMSNorm on the projector's output, keeping image tokens at word scale
     tower_layers: int = 1          # the throw-away caption tower of the 'vision' phase
 
     def __post_init__(self):
@@ -226,8 +229,12 @@ class Model(nn.Module):
         self.cfg = cfg
         self.encoder = ViT(cfg)
         C, D, S = cfg.n_embd, cfg.vit_embd * cfg.shuffle ** 2, cfg.vit_embd  # D: a shuffled token's width
-        self.projector = nn.Linear(D, C) if cfg.projector == "linear" else \
-            nn.Sequential(nn.Linear(D, C), nn.GELU(), nn.Linear(C, C))
+        mlp = [nn.Linear(D, C)] if cfg.projector == "linear" else [nn.Linear(D, C), nn.GELU(), nn.Linear(C, C)]
+        # An RMSNorm after the projector (not in LLaVA): without it the image tokens grew in 'instruct'
+        # to ~100x the norm of the word embeddings (327 against 3.5). In a pre-norm decoder a block's
+        # update is then negligible next to such a token, so the LLM cannot work on image positions
+        # (e.g. write a token's place into it) and "where is the red circle?" stayed near chance (README).
+        self.projector = nn.Sequential(*mlp, *([RMSNorm(C)] if cfg.proj_norm else []))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
         self.tower_in = nn.Linear(D, S)
         self.tower = Decoder(cfg.vocab_size, S, cfg.tower_layers, cfg.vit_heads, cfg.vit_mlp, cfg.max_seq, cfg.rope_base)

@@ -134,13 +134,31 @@ def test_pixel_shuffle_groups_neighbouring_patches():
     assert make(shuffle=1, image_size=36).media_tokens == {"image": 9}
 
 
-def test_linear_projector_switch():
-    """projector='linear' is LLaVA v1's single matrix; the default is LLaVA-1.5's Linear-GELU-Linear."""
+def test_projector_switches():
+    """projector='linear' is LLaVA v1's single matrix; the default is LLaVA-1.5's Linear-GELU-Linear;
+    both end in an RMSNorm unless proj_norm=False."""
     nn = torch.nn
-    assert isinstance(make(projector="linear").projector, nn.Linear)
-    assert [type(layer) for layer in make().projector] == [nn.Linear, nn.GELU, nn.Linear]
+    types = lambda m: [type(layer) for layer in m.projector]
+    assert types(make(projector="linear")) == [nn.Linear, L.RMSNorm]
+    assert types(make()) == [nn.Linear, nn.GELU, nn.Linear, L.RMSNorm]
+    assert types(make(proj_norm=False)) == [nn.Linear, nn.GELU, nn.Linear]
     with pytest.raises(ValueError, match="projector"):
         L.Config(projector="mlp3x")
+
+
+def test_projector_norm_fixes_the_image_tokens_scale():
+    """The projector's RMSNorm (weight 1 at init) rescales each image token to unit RMS, so its
+    scale no longer follows the ViT features': 1000x larger features give tokens of RMS 1 where
+    the same projector without the norm gives tokens ~1000x larger."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 4 * 32)  # pixel-shuffled features of the tiny test ViT (vit_embd 32)
+    m, raw = make(), make(proj_norm=False)  # same seed: the same Linear weights
+    rms = lambda t: t.pow(2).mean(-1).sqrt()
+    with torch.no_grad():
+        y = raw.projector(x)
+        assert torch.allclose(m.projector(x), y / (y.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt(), atol=1e-5)
+        assert torch.allclose(rms(m.projector(1000 * x)), torch.ones(2, 9), atol=1e-4)
+        assert rms(raw.projector(1000 * x)).min() > 100 * rms(raw.projector(x)).max()
 
 
 def test_placeholder_media_mismatch_raises():
