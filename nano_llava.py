@@ -334,7 +334,7 @@ class Model(nn.Module):
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override).
 # instruct takes many small steps: finding the object a question names is learned per update, not
 # per sample (4400 x 16 beat 1100 x 64 for about 40 s more). Its decoder blocks get a strong weight
-# decay: telling *where* the named shape is sits on a long plateau, and decay shortens it (README);
+# decay (it helped position answers before the projector had its RMSNorm; not re-tuned since);
 # the embeddings and the projector keep the default 0.1.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
