@@ -160,7 +160,7 @@ def bench_model(trainer, batch, args, rss0):
     groups = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_children()}
     groups = {n: c for n, c in groups.items() if c}
     lr = trainer.mod.PHASES[list(trainer.mod.PHASES)[-1]]["lr"]
-    opt = train.make_optimizer(model, lr, 0.1, 0.95, fused=device.type == "cuda")
+    opt = train.make_optimizer(model, lr, 0.1, 0.95, device.type)
     fast = torch.compile(model) if args.compile else model
 
     model.train()

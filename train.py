@@ -63,7 +63,7 @@ def build_parser():
       "for some parameters: PHASES weight_decay)")
     a("--beta2", type=float, default=0.95)
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    a("--eval_every", type=int, default=0, help="evaluate every N steps (default: 4 times a phase)")
+    a("--eval_every", type=int, default=0, help="evaluate every N steps (default: ceil(steps/4), and at the end)")
     a("--eval_samples", type=int, default=100, help="held-out samples per task for accuracy, and for val loss")
     a("--final_samples", type=int, default=500, help="samples per task for the final test/compose report")
     a("--data", default=None, help="train on this on-disk dataset folder instead of the toy world")
@@ -293,8 +293,9 @@ def lr_at(step, steps, peak, warmup, min_frac):
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def make_optimizer(model, lr, weight_decay, beta2, fused, decay_by_prefix=None):
+def make_optimizer(model, lr, weight_decay, beta2, device_type, decay_by_prefix=None):
     """AdamW with decay on matrices (dim >= 2) only; norms, biases and gains are not decayed.
+    On CPU and CUDA it is the fused kernel (one op for all parameters: ~3 ms a step less on CPU).
     decay_by_prefix (a phase's "weight_decay", e.g. {"decoder.blocks": 1.0}) gives the matrices
     whose name starts with a prefix their own decay; the others get `weight_decay`."""
     prefixes = decay_by_prefix or {}
@@ -307,7 +308,7 @@ def make_optimizer(model, lr, weight_decay, beta2, fused, decay_by_prefix=None):
             decay = next((d for k, d in prefixes.items() if n.startswith(k + ".")), weight_decay)
             groups.setdefault(decay if p.dim() >= 2 else 0.0, []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": d} for d, ps in groups.items()],
-                             lr=lr, betas=(0.9, beta2), fused=fused or None)
+                             lr=lr, betas=(0.9, beta2), fused=device_type in ("cpu", "cuda") or None)
 
 
 class Trainer:
@@ -414,7 +415,7 @@ class Trainer:
         model = torch.compile(self.model) if a.compile else self.model
         if self.ddp:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        opt = make_optimizer(self.model, peak_lr, a.weight_decay, a.beta2, self.device.type == "cuda",
+        opt = make_optimizer(self.model, peak_lr, a.weight_decay, a.beta2, self.device.type,
                              spec.get("weight_decay"))
         step = 0
         if state:  # exact resume: weights were loaded; now optimizer, step, RNG and data position
@@ -434,7 +435,7 @@ class Trainer:
             ds, shuffle = Mixture(spec["tasks"], "train", steps * per_step * self.world, a.seed), False
         loader = iter(make_loader(ds, self.collator, B, self.rank, self.world, start=step * per_step,
                                   workers=a.workers, shuffle=shuffle, seed=a.seed))
-        eval_every = a.eval_every or max(1, steps // 4)
+        eval_every = a.eval_every or -(-steps // 4)  # ceil: at most 4 evaluations, the last at the end
         bar = tqdm(total=steps, initial=step, desc=phase, disable=not self.master, dynamic_ncols=True)
         while step < steps:
             t0 = time.time()

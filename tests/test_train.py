@@ -55,6 +55,13 @@ def test_checkpoint_is_self_contained(recipe):
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
 
 
+def test_default_evaluation_is_four_times_a_phase_at_most_and_at_its_end(tmp_path):
+    """Without --eval_every a phase is evaluated every ceil(steps/4) steps and at its last step."""
+    run(tmp_path, "--phase", "align", "--steps", "6", "--batch_size", "4", "--no_final_eval")
+    recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in recs if r["kind"] == "eval"] == [2, 4, 6]
+
+
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
     """Interrupt a phase after a mid-phase checkpoint, --resume, and the loss curve and weights
     equal an uninterrupted run's exactly (CPU): model, optimizer, schedule, step, RNG and data."""
@@ -153,14 +160,15 @@ def test_phase_weight_decay_by_name_prefix():
     m = torch.nn.ModuleDict({"decoder": torch.nn.ModuleDict({"blocks": torch.nn.Linear(4, 4),
                                                              "emb": torch.nn.Embedding(8, 4)}),
                              "projector": torch.nn.Linear(4, 4)})
-    opt = train.make_optimizer(m, 1e-3, 0.1, 0.95, False, {"decoder.blocks": 1.0})
+    opt = train.make_optimizer(m, 1e-3, 0.1, 0.95, "cpu", {"decoder.blocks": 1.0})
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decay[id(m.decoder.blocks.weight)] == 1.0
     assert decay[id(m.decoder.emb.weight)] == decay[id(m.projector.weight)] == 0.1
     assert decay[id(m.decoder.blocks.bias)] == decay[id(m.projector.bias)] == 0.0
     assert len(decay) == len(list(m.parameters()))
+    assert opt.defaults["fused"]  # one fused kernel for all parameters on CPU (and CUDA)
     with pytest.raises(ValueError, match="names no parameter"):
-        train.make_optimizer(m, 1e-3, 0.1, 0.95, False, {"decoder.block": 1.0})
+        train.make_optimizer(m, 1e-3, 0.1, 0.95, "cpu", {"decoder.block": 1.0})
 
 
 def test_state_dict_prefixes_are_stripped():
