@@ -340,7 +340,7 @@ class Trainer:
         os.makedirs(args.out_dir, exist_ok=True)
         self.phases = [args.phase] if args.phase else list(mod.PHASES)
         self.log_path = os.path.join(args.out_dir, "log.jsonl")
-        self.start = time.time()
+        self.start = self.plotted = time.time()
 
     def pick_device(self, name):
         if name == "auto":
@@ -484,14 +484,14 @@ class Trainer:
             if out_of_time and self.master:
                 print(f"\n{phase}: time budget reached at step {step}/{steps}; moving on")
             if step % eval_every == 0 or step == steps or out_of_time:
-                self.evaluate(phase, step, gstep)
+                self.evaluate(phase, step, gstep, last=step == steps or out_of_time)
                 self.save(phase, step, gstep, opt, done=step == steps or out_of_time)
             if out_of_time:
                 break
         bar.close()
         return gstep
 
-    def evaluate(self, phase, step, gstep):
+    def evaluate(self, phase, step, gstep, last=False):
         if self.master:
             spec = self.mod.PHASES[phase]
             vl = val_loss(self.model, self.collator, spec["tasks"], self.args.eval_samples, self.device,
@@ -499,7 +499,9 @@ class Trainer:
             acc = evaluate(self.model, self.collator, eval_tasks(spec), "val", self.args.eval_samples, self.device,
                            self.args.seed, self.ctx)
             self.log.write(kind="eval", phase=phase, step=step, gstep=gstep, val_loss=vl, acc=acc)
-            plot(self.log_path, os.path.join(self.args.out_dir, "plots.png"))
+            if last or time.time() - self.plotted > 60:  # a plot takes ~0.5 s on a CPU: at most once a minute
+                plot(self.log_path, os.path.join(self.args.out_dir, "plots.png"))
+                self.plotted = time.time()
             summary = " ".join(f"{t}={r['acc']:.3f}" for t, r in acc.items())
             tqdm.write(f"[{phase} {step}] val loss {vl:.4f}  accuracy {summary}")
         if self.ddp:

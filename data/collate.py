@@ -45,11 +45,18 @@ class Mixture(Dataset):
 def media_tensor(kind, data):
     """A media item as the models take it: images (3, H, W) and videos (F, 3, H, W) float in
     [0, 1] from uint8 HWC; audio and speech (N,) float waveforms."""
-    x = torch.from_numpy(np.array(data, dtype=np.uint8 if kind in ("image", "video") else np.float32))
+    return media_batch(kind, [data])[0]
+
+
+def media_batch(kind, items):
+    """Items of one modality stacked into one tensor: (N, 3, H, W) images, (N, F, 3, H, W) videos,
+    (N, L) waveforms. One conversion for the whole batch is several times faster than per item."""
+    x = torch.from_numpy(np.stack([np.asarray(d, dtype=np.uint8 if kind in ("image", "video") else np.float32)
+                                   for d in items]))
     if kind == "image":
-        return x.permute(2, 0, 1).float() / 255
+        return x.permute(0, 3, 1, 2).contiguous().float() / 255
     if kind == "video":
-        return x.permute(0, 3, 1, 2).float() / 255
+        return x.permute(0, 1, 4, 2, 3).contiguous().float() / 255
     return x
 
 
@@ -102,19 +109,20 @@ class Collator:
         items = {}
         for s in samples:
             for m in s["media"]:
-                items.setdefault(m["type"], []).append(media_tensor(m["type"], m["data"]))
-        return {k: torch.stack(v) for k, v in items.items()}
+                items.setdefault(m["type"], []).append(m["data"])
+        return {k: media_batch(k, v) for k, v in items.items()}
 
     def __call__(self, samples):
         seqs = [self.encode(s) for s in samples]
         T = max(len(ids) for ids, _ in seqs) - 1
-        tokens = torch.full((len(samples), T), self.tok.pad, dtype=torch.long)
-        targets = torch.full((len(samples), T), IGNORE, dtype=torch.long)
+        tokens = np.full((len(samples), T), self.tok.pad, dtype=np.int64)
+        targets = np.full((len(samples), T), IGNORE, dtype=np.int64)
         for b, (ids, loss) in enumerate(seqs):
-            ids_t = torch.tensor(ids)
-            tokens[b, :len(ids) - 1] = ids_t[:-1]
-            targets[b, :len(ids) - 1] = torch.where(torch.tensor(loss[1:]), ids_t[1:], IGNORE)
-        return {"tokens": tokens, "targets": targets, "media": self.pack_media(samples),
+            ids = np.array(ids)
+            tokens[b, :len(ids) - 1] = ids[:-1]
+            targets[b, :len(ids) - 1] = np.where(loss[1:], ids[1:], IGNORE)
+        return {"tokens": torch.from_numpy(tokens), "targets": torch.from_numpy(targets),
+                "media": self.pack_media(samples),
                 "tasks": [s["task"] for s in samples], "kinds": [s.get("kind", s["task"]) for s in samples]}
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from data import sound, tasks, world
-from data.collate import IGNORE, Collator, Mixture, make_loader
+from data.collate import IGNORE, Collator, Mixture, make_loader, media_tensor
 from data.tasks import HELDOUT_TONES, SPLITS, TASKS, get_sample
 from data.tokenizer import MEDIA, SPECIALS, Tokenizer
 
@@ -468,6 +468,19 @@ def test_media_packed_in_order_of_appearance():
         assert torch.equal(media["image"][k], torch.tensor(img).permute(2, 0, 1).float() / 255), k
     assert media["audio"].shape == (2, len(audio[0])) and all(
         torch.equal(media["audio"][k], torch.from_numpy(a)) for k, a in enumerate(audio))
+
+
+def test_videos_and_speech_pack_as_their_own_items():
+    """Videos stack to (N, F, 3, H, W) and speech to (N, L); each item equals its own conversion
+    (the collator converts a whole modality at once)."""
+    batch = samples("video_qa", "train", 3) + samples("speech", "train", 2)
+    media = COLLATE(batch)["media"]
+    assert media["video"].shape == (3, world.VIDEO_FRAMES, 3, world.VIDEO_SIZE, world.VIDEO_SIZE)
+    assert media["video"].is_contiguous() and media["video"].dtype == torch.float32
+    for k, s in enumerate(batch[:3]):
+        frames = torch.tensor(s["media"][0]["data"]).permute(0, 3, 1, 2).float() / 255
+        assert torch.equal(media["video"][k], frames) and torch.equal(media_tensor("video", s["media"][0]["data"]), frames)
+    assert all(torch.equal(media["speech"][k], torch.from_numpy(s["media"][0]["data"])) for k, s in enumerate(batch[3:]))
 
 
 def test_marker_media_mismatch_names_the_sample():
