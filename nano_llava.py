@@ -4,7 +4,7 @@ Papers: LLaVA, Visual Instruction Tuning (arXiv 2304.08485) and LLaVA-1.5, Impro
 Visual Instruction Tuning (arXiv 2310.03744). Fusion taxonomy: arXiv 2405.17927, Type C: a continuous
 vision encoder whose outputs are spliced into the language model's *input*; the LLM itself is unchanged.
 
-    image (N,3,64,64) -> resize 72 -> ViT over a 6x6 grid of 12px patches -> hidden_states[-2]
+    image (N,3,64,64) -> resize 72 -> ViT over a 6x6 grid of 12px patches -> its last layer
                                           (N, 36, 128), no CLS
                                                      |  pixel shuffle: 2x2 neighbours -> 1 token
                                                      v
@@ -22,9 +22,9 @@ Reading order: Config -> rope / RMSNorm / Attention / MLP / Block (the shared mo
 
 The training recipe (PHASES, run in order by train.py):
   text      decoder on text-only sentences. Stands in for the pre-trained LLM (Vicuna).
-  vision    ViT + a small caption tower on dense captions. Stands in for the pre-trained CLIP: like
-            CLIP (or CapPa, arXiv 2306.07915) the ViT learns from text about images through a text
-            model that is then thrown away (the tower reads the ViT's last layer; the LLM never does).
+  vision    ViT + a linear head that names the size, colour and shape in each cell of the grid (the
+            `cells` task). Stands in for the pre-trained CLIP: the ViT learns what images show from a
+            supervised objective whose head is then thrown away (attribute pre-training).
   align     LLaVA stage 1, "pre-training for feature alignment" (2304.08485 sec 4.1): ViT and LLM
             frozen, only the projector trains, on plain captions (<image> then the caption).
   instruct  LLaVA stage 2, "fine-tuning end-to-end" (sec 4.2): ViT frozen; projector and LLM train
@@ -34,9 +34,11 @@ Simplified or changed relative to the papers: the ViT is tiny and trained here (
 nothing pools it); a pixel shuffle (not in LLaVA; used by InternVL, Idefics3, nanoVLM) merges 2x2
 patches so the LLM gets one token per cell of the world's 3x3 grid while the ViT still sees shapes
 in parts (with one 16px patch per cell its features told shapes apart only ~79% of the time);
-shuffle=1 turns it off. The projector ends in an RMSNorm (proj_norm=False: LLaVA's own; Model says
-why). The conversation template is <bos> user <sep> assistant <eos> instead of Vicuna's
-"USER: ... ASSISTANT:", and the LLM's head is tied to its token embedding.
+shuffle=1 turns it off (for the phases after 'vision', whose head needs one token per cell). The LLM
+reads the ViT's last layer, not LLaVA's penultimate one (select_layer; Model.image_tokens says why).
+The projector ends in an RMSNorm (proj_norm=False: LLaVA's own; Model says why). The conversation
+template is <bos> user <sep> assistant <eos> instead of Vicuna's "USER: ... ASSISTANT:", and the
+LLM's head is tied to its token embedding.
 """
 import math
 from dataclasses import dataclass
@@ -63,14 +65,13 @@ class Config:
     patch: int = 12                # 72/12 = a 6x6 grid of patches
     shuffle: int = 2               # pixel shuffle: 2x2 neighbours -> one LLM token, so 3x3 tokens,
                                    # one per cell of the toy world's grid (1: off, LLaVA's own)
-    vit_layers: int = 4
+    vit_layers: int = 3
     vit_embd: int = 128
     vit_heads: int = 4
     vit_mlp: int = 512
-    select_layer: int = -2         # LLaVA reads the penultimate layer (--mm_vision_select_layer -2)
+    select_layer: int = -1         # the layer the LLM reads; LLaVA reads CLIP's penultimate (-2): see Model
     projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" for LLaVA v1
     proj_norm: bool = True         # RMSNorm on the projector's output, keeping image tokens at word scale
-    tower_layers: int = 1          # the throw-away caption tower of the 'vision' phase
 
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads:
@@ -228,7 +229,7 @@ class Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ViT(cfg)
-        C, D, S = cfg.n_embd, cfg.vit_embd * cfg.shuffle ** 2, cfg.vit_embd  # D: a shuffled token's width
+        C, D = cfg.n_embd, cfg.vit_embd * cfg.shuffle ** 2  # D: a shuffled token's width
         mlp = [nn.Linear(D, C)] if cfg.projector == "linear" else [nn.Linear(D, C), nn.GELU(), nn.Linear(C, C)]
         # An RMSNorm after the projector (not in LLaVA): without it the image tokens grew in 'instruct'
         # to ~100x the norm of the word embeddings (327 against 3.5). In a pre-norm decoder a block's
@@ -236,8 +237,8 @@ class Model(nn.Module):
         # (e.g. write a token's place into it) and "where is the red circle?" stayed near chance (README).
         self.projector = nn.Sequential(*mlp, *([RMSNorm(C)] if cfg.proj_norm else []))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
-        self.tower_in = nn.Linear(D, S)
-        self.tower = Decoder(cfg.vocab_size, S, cfg.tower_layers, cfg.vit_heads, cfg.vit_mlp, cfg.max_seq, cfg.rope_base)
+        # the 'vision' phase's throw-away head: each cell token names its size, colour and shape
+        self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
         self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.shuffle) ** 2}
         self.phase = None
         self.apply(self._init)
@@ -252,14 +253,6 @@ class Model(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def _path(self):
-        """(decoder, ViT layer, adapter) in use. The 'vision' phase pre-trains the ViT through the
-        caption tower from its last layer; every other phase is LLaVA: the penultimate layer
-        through the projector into the LLM."""
-        if self.phase == "vision":
-            return self.tower, -1, self.tower_in
-        return self.decoder, self.cfg.select_layer, self.projector
-
     def pixel_shuffle(self, x):
         """(N, g*g, D) patch features -> (N, (g/s)^2, D*s*s): each s x s block of neighbouring
         patches becomes one token (the projector trick of InternVL, Idefics3 and nanoVLM)."""
@@ -269,13 +262,20 @@ class Model(nn.Module):
         x = x.view(N, g // s, s, g // s, s, D).permute(0, 1, 3, 2, 4, 5)  # (N, rows, cols, s, s, D)
         return x.reshape(N, (g // s) ** 2, s * s * D)
 
+    def image_tokens(self, images):
+        """(N, 3, H, W) -> (N, 9, D): the select_layer features of the ViT, one token per grid cell.
+        LLaVA reads CLIP's penultimate layer, its last being tuned to CLIP's own objective. Here the
+        LLM reads the layer the 'vision' head is trained on: with the head on the last of 4 layers
+        and the LLM on the penultimate, the recipe printed 0.822 (size 0.524); with both on the
+        last of 3, 0.988 (README)."""
+        return self.pixel_shuffle(self.encoder(images, self.cfg.select_layer))
+
     def embed(self, tokens, media):
         """Token embeddings with the image features written over the <image> placeholders."""
         media = media or {}
         if set(media) - {"image"}:
             raise ValueError(f"nano_llava takes only images; got media {sorted(media)}")
-        decoder, layer, adapter = self._path()
-        x = decoder.emb(tokens)  # (B, T, C)
+        x = self.decoder.emb(tokens)  # (B, T, C)
         slots = tokens == self.cfg.image_id  # (B, T)
         images = media.get("image")
         n_img = 0 if images is None else images.size(0)
@@ -284,13 +284,36 @@ class Model(nn.Module):
             raise ValueError(f"{int(slots.sum())} <image> placeholder positions but {n_img} images x {P} "
                              f"patches: expand each <image> marker to media_tokens['image']={P} positions")
         if n_img:
-            feats = adapter(self.pixel_shuffle(self.encoder(images, layer)))  # (N, P, C)
+            feats = self.projector(self.image_tokens(images))  # (N, P, C)
             # row-major order of the placeholders == the packing order of the images
             x = x.masked_scatter(slots.unsqueeze(-1), feats.to(x.dtype))
         return x
 
+    def cell_words(self, tokens, media):
+        """'vision' phase: logits of the 3 words (size, colour, shape or "empty" x3) that name each
+        cell, read at once from the cell's token by a linear head: (N, 27, vocab) for N images, in
+        the order of the `cells` task's text. Not autoregressive: the words come from the image only."""
+        images = (media or {}).get("image")
+        if images is None or images.size(0) != tokens.size(0):
+            raise ValueError("the 'vision' phase takes one image per row (the `cells` task)")
+        if self.media_tokens["image"] != 9:
+            raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one image token per "
+                             "cell, image_size / (patch x shuffle) == 3")
+        z = self.cell_head(self.image_tokens(images))  # (N, 9, 3 * vocab)
+        return z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
+
     def forward(self, tokens, targets=None, media=None):
-        logits = self._path()[0](self.embed(tokens, media))  # (B, T, vocab)
+        if self.phase == "vision":
+            logits = self.cell_words(tokens, media)  # (B, 27, vocab)
+            loss = None
+            if targets is not None:
+                keep, n = targets != -100, logits.size(1)
+                if not bool((keep.sum(1) == n + 1).all()):
+                    raise ValueError(f"the 'vision' phase trains on `cells` samples: {n} words and <eos> per row")
+                words = targets[keep].view(-1, n + 1)[:, :n]  # the answer's words, <eos> dropped
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
+            return logits, loss, {}
+        logits = self.decoder(self.embed(tokens, media))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
@@ -299,8 +322,12 @@ class Model(nn.Module):
     @torch.no_grad()
     def generate(self, tokens, media=None, max_new_tokens=8, temperature=1.0, top_k=None):
         """Continue `tokens` (B, T) with a KV cache; temperature 0 is greedy. Rows run in lockstep
-        (equal prompt lengths); everything after an <eos> is up to the caller to cut."""
-        decoder = self._path()[0]
+        (equal prompt lengths); everything after an <eos> is up to the caller to cut. In the 'vision'
+        phase the answer is the head's 27 most likely words at once, then <eos>."""
+        if self.phase == "vision":
+            words = self.cell_words(tokens, media).argmax(-1)  # (B, 27)
+            return torch.cat([words, words.new_full((len(words), 1), self.cfg.eos_id)], 1)[:, :max_new_tokens]
+        decoder = self.decoder
         B, T = tokens.shape
         caches = decoder.new_caches(B, T + max_new_tokens, decoder.emb.weight)
         logits = decoder(self.embed(tokens, media), caches, 0)[:, -1]
@@ -331,15 +358,16 @@ class Model(nn.Module):
                 p.requires_grad = True
 
 
-# phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override).
-# instruct takes many small steps: finding the object a question names is learned mostly per update
-# (4400 x 16 beat 1100 x 64 for about 40 s more; 4400 x 12 fell to 0.856, so samples count too).
-# Its decoder blocks get a strong weight decay (0.958 against 0.890 with the default 0.1; README);
-# the embeddings and the projector keep 0.1. What the ViT learns in 'vision' decides much of the
-# result (600 steps at 2e-3 instead of 1000: 0.756); 1.4e-3 there gives better captions than 2e-3.
+# phase -> parameter groups that train, task mixture, and its default schedule (train.py flags
+# override). 'vision' pre-trains the ViT with a linear head that names each cell's size, colour and
+# shape (500 steps, 77 s; a caption tower took 1000 steps and 200-258 s, and the recipe then printed
+# 0.958 against 0.988). instruct takes many small steps: finding the object a question names is
+# learned mostly per update (4400 x 16 beat 1100 x 64; 4400 x 12 fell to 0.856, so samples count
+# too). Its decoder blocks get a strong weight decay (0.958 against 0.890 with the default 0.1;
+# README); the embeddings and the projector keep 0.1.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "tower_in", "tower"], tasks={"caption": 1.0}, steps=1000, lr=1.4e-3, batch_size=64),
+    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
     "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"],
                      steps=4400, lr=3e-3, batch_size=16, weight_decay={"decoder.blocks": 1.0}),

@@ -73,6 +73,16 @@ def caption(split, index, seed=0):
     return _sample("caption", split, index, "caption", ["<image>", world.describe(scene)], [("image", img)])
 
 
+def cells(split, index, seed=0):
+    """The scene as a table read cell by cell (the 3x3 grid in reading order): the size, colour and
+    shape of the object in each cell, or "empty" three times. A fixed layout, the words of cell k are
+    always words 3k to 3k+2, for attribute pre-training of an image encoder (nano_llava's 'vision')."""
+    scene, rng, img = _image(split, index, seed, "cells")
+    at = {o.cell: o for o in scene}
+    words = [w for c in range(9) for w in ((at[c].size, at[c].colour, at[c].shape) if c in at else ("empty",) * 3)]
+    return _sample("cells", split, index, "cells", ["<image>", " ".join(words)], [("image", img)])
+
+
 VQA_KINDS = ("colour", "shape", "position", "size", "count")
 
 
@@ -224,7 +234,7 @@ def text(split, index, seed=0):
             "conversations": [{"from": "gpt", "value": sentence}], "media": []}
 
 
-TASKS = {f.__name__: f for f in (caption, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
+TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
                                  speech, video_qa, text)}
 
 
@@ -239,6 +249,6 @@ WORDS = sorted(set(
     list(world.COLOURS) + list(world.SHAPES) + list(world.SIZES)
     + " ".join(world.POSITIONS).split() + list(world.DIRECTIONS) + list(NUMBERS)
     + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
-    + """a and at the what colour shape is one where size how many shapes are there was draw
+    + """a and at the what colour shape is one where size how many shapes are there was draw empty
     beep beeps pitch it timbre digits said which way does move moving""".split()))
 PUNCTUATION = ("?", ".", "\n")

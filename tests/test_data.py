@@ -234,7 +234,7 @@ def test_split_proportions_are_90_5_5():
 
 # ----------------------------------------------------------------------------- 3. compose split
 
-@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "interleaved", "text_to_image", "video_qa"])
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "cells", "interleaved", "text_to_image", "video_qa"])
 def test_heldout_pairs_only_in_compose(task):
     """Every compose sample shows a held-out (colour, shape) pair; no train/val/test sample does."""
     n = {"train": 300, "val": 120, "test": 120, "compose": 100}  # vqa/caption: cached by the split test
@@ -247,6 +247,18 @@ def test_heldout_pairs_only_in_compose(task):
             if task in ("caption", "interleaved", "text_to_image"):  # the text names the same objects
                 assert pairs_in_text(text_of(s)) == pairs, s["id"]
             assert bool(pairs & world.HELDOUT_PAIRS) == (split == "compose"), (s["id"], pairs)
+
+
+def test_cells_text_is_the_analysed_scene_cell_by_cell():
+    """`cells` names every cell in reading order with 3 words: the object the analyser reads from
+    the pixels there (size, colour, shape), or "empty" three times."""
+    for s in samples("cells", "train", 60) + samples("cells", "test", 20):
+        words = s["conversations"][1]["value"].split(" ")
+        assert len(words) == 27 and s["conversations"][0]["value"] == "<image>", s["id"]
+        at = {o.cell: o for o in world.analyse_image(s["media"][0]["data"])}
+        for c in range(9):
+            want = [at[c].size, at[c].colour, at[c].shape] if c in at else ["empty"] * 3
+            assert words[3 * c:3 * c + 3] == want, (s["id"], c)
 
 
 QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)

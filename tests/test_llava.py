@@ -47,7 +47,7 @@ def test_causality():
     assert not torch.allclose(logits[:, -2:], logits2[:, -2:])
 
 
-@pytest.mark.parametrize("phase", ["instruct", "vision"])
+@pytest.mark.parametrize("phase", ["instruct", "text"])
 def test_kv_cache_generation_equals_full_recompute(phase):
     """Greedy generation with the KV cache equals re-running the whole sequence each step."""
     m = make(phase).eval()
@@ -92,25 +92,52 @@ def test_phases_freeze_as_the_papers_say():
     groups = lambda m: {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
     assert groups(make("instruct")) == {"projector", "decoder"}
     assert groups(make("text")) == {"decoder"}
-    assert groups(make("vision")) == {"encoder", "tower_in", "tower"}
+    assert groups(make("vision")) == {"encoder", "cell_head"}
     assert list(L.PHASES) == ["text", "vision", "align", "instruct"]
     with pytest.raises(ValueError, match="unknown phase"):
         make("pretrain")
 
 
-def test_llm_reads_the_penultimate_vit_layer():
-    """LLaVA uses hidden_states[-2]: the last ViT block cannot change the LLM's output."""
-    m = make("instruct")
+@pytest.mark.parametrize("select", [-1, -2])
+def test_llm_reads_the_selected_vit_layer(select):
+    """The LLM reads the ViT's select_layer (default the last; -2 is LLaVA's penultimate): blocks
+    after it cannot change the LLM's output, the selected one does."""
+    m = make("instruct", select_layer=select)
     b = batch(m, n=2)
     logits, _, _ = m(b["tokens"], None, b["media"])
     with torch.no_grad():
-        for p in m.encoder.blocks[-1].parameters():
-            p.add_(torch.randn_like(p))
+        for block in list(m.encoder.blocks)[len(m.encoder.blocks) + select + 1:]:
+            for p in block.parameters():
+                p.add_(torch.randn_like(p))
     assert torch.equal(logits, m(b["tokens"], None, b["media"])[0])
     with torch.no_grad():
-        for p in m.encoder.blocks[-2].parameters():
+        for p in m.encoder.blocks[select].parameters():
             p.add_(torch.randn_like(p))
     assert not torch.allclose(logits, m(b["tokens"], None, b["media"])[0])
+
+
+def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
+    """'vision': 27 word logits, 3 per cell, each triple read from that cell's token only; the loss
+    is their cross-entropy against the `cells` text; generate returns the argmax words then <eos>;
+    a batch of another task is a clear error."""
+    m = make("vision")
+    b = batch(m, "cells", n=3)
+    logits, loss, _ = m(b["tokens"], b["targets"], b["media"])
+    words = b["targets"][b["targets"] != -100].view(3, 28)[:, :27]
+    assert logits.shape == (3, 27, len(TOK))
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), words.flatten()))
+    feats = m.image_tokens(b["media"]["image"])
+    feats2 = feats.clone()
+    feats2[:, 4] += 1.0  # the centre cell's token
+    monkeypatch.setattr(m, "image_tokens", lambda images: feats2)
+    changed = (m(b["tokens"], None, b["media"])[0] != logits).any(-1).any(0)  # (27,)
+    assert changed.nonzero().flatten().tolist() == [12, 13, 14]
+    monkeypatch.undo()
+    gen = m.generate(b["tokens"][:, :11], b["media"], max_new_tokens=28, temperature=0)
+    assert torch.equal(gen[:, :27], logits.argmax(-1)) and (gen[:, 27] == TOK.eos).all()
+    vqa = batch(m, "vqa", n=2)
+    with pytest.raises(ValueError, match="27 words and <eos> per row"):
+        m(vqa["tokens"], vqa["targets"], vqa["media"])
 
 
 def test_image_features_land_on_the_placeholders():
@@ -118,7 +145,7 @@ def test_image_features_land_on_the_placeholders():
     m = make()
     b = batch(m, n=3)
     x = m.embed(b["tokens"], b["media"])
-    feats = m.projector(m.pixel_shuffle(m.encoder(b["media"]["image"], -2)))  # (N, 9, C)
+    feats = m.projector(m.pixel_shuffle(m.encoder(b["media"]["image"], -1)))  # (N, 9, C): the last layer
     slots = b["tokens"] == TOK.image
     assert torch.allclose(x[slots].view(3, 9, -1), feats)
     assert torch.equal(x[~slots], m.decoder.emb(b["tokens"])[~slots])
