@@ -138,6 +138,9 @@ def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
     vqa = batch(m, "vqa", n=2)
     with pytest.raises(ValueError, match="27 words and <eos> per row"):
         m(vqa["tokens"], vqa["targets"], vqa["media"])
+    unshuffled = make("vision", shuffle=1)  # 36 patch tokens: no token per cell to name
+    with pytest.raises(ValueError, match="one image token per cell"):
+        unshuffled(b["tokens"], b["targets"], b["media"])
 
 
 def test_image_features_land_on_the_placeholders():
