@@ -69,7 +69,7 @@ class Config:
     vit_embd: int = 128
     vit_heads: int = 4
     vit_mlp: int = 512
-    select_layer: int = -1         # the layer the LLM reads; LLaVA reads CLIP's penultimate (-2): see Model
+    select_layer: int = -1         # the layer the 'vision' head trains and the LLM reads (LLaVA: -2; see Model)
     projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" for LLaVA v1
     proj_norm: bool = True         # RMSNorm on the projector's output, keeping image tokens at word scale
 
