@@ -362,9 +362,9 @@ class Model(nn.Module):
 # override). 'vision' pre-trains the ViT with a linear head that names each cell's size, colour and
 # shape (500 steps, 77 s; a caption tower took 1000 steps and 200-258 s, and the recipe then printed
 # 0.958 against 0.988). instruct takes many small steps: finding the object a question names is
-# learned mostly per update (4400 x 16 beat 1100 x 64; 4400 x 12 fell to 0.856, so samples count
-# too). Its decoder blocks get a strong weight decay (0.958 against 0.890 with the default 0.1;
-# README); the embeddings and the projector keep 0.1.
+# learned mostly per update. Its decoder blocks get a strong weight decay; the embeddings and the
+# projector keep 0.1. Both were measured with the caption-tower ViT (4400 x 12 fell to 0.856, decay
+# 0.1 on the blocks to 0.890, against 0.958; README) and not re-tuned since.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
     "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64),
