@@ -36,9 +36,9 @@ SIZES = {
                       batch=16, text=64, media={"image": (3, 64, 64)}),
     },
     "tiny": {  # for the tests: seconds, not minutes
-        "llava": dict(config=dict(n_embd=64, n_layer=2, n_head=4, mlp_hidden=176, image_size=32, patch=8,
+        "llava": dict(config=dict(n_embd=64, n_layer=2, n_head=4, mlp_hidden=176, image_size=24, patch=4,
                                   vit_embd=64, vit_layers=2, vit_heads=4, vit_mlp=256),
-                      batch=4, text=16, media={"image": (3, 32, 32)}),
+                      batch=4, text=16, media={"image": (3, 24, 24)}),
     },
 }
 # FlopCounterMode's table has the GPU attention kernels but not the CPU one: add it, same formulas
@@ -48,7 +48,10 @@ CPU_ATTENTION = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
         lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v),
 }
-BAR = 0.95  # time-to-accuracy: every task of the last phase at this held-out (val) exact match
+# time-to-accuracy: each model's bar, a held-out (val) score every task of its last phase must reach,
+# and the minutes its default recipe may take on 2 CPU cores (the models' issues set them)
+BARS = {"llava": (0.95, 10), "flamingo": (0.95, 10), "cogvlm": (0.95, 10), "chameleon": (0.95, 10),
+        "unimoe": (0.95, 10)}
 
 
 def build_parser():
@@ -184,30 +187,31 @@ def bench_model(trainer, batch, args, rss0):
         with torch.no_grad(), ctx:
             fast(tokens, None, media)
     forward_s = median_time(forward, device, args.steps, args.warmup)
-    n_tok = tokens.numel()
+    n_tok, rows = tokens.numel(), tokens.size(0)
     return {"params": {"total": sum(p.numel() for p in model.parameters()), "groups": groups},
             "config": vars(trainer.cfg), "batch": {"rows": tokens.size(0), "seq": tokens.size(1), "tokens": n_tok},
-            "step_s": step_s, "tokens_per_s": n_tok / step_s, "forward_s": forward_s, "memory": memory,
+            "step_s": step_s, "tokens_per_s": n_tok / step_s, "samples_per_s": rows / step_s, "forward_s": forward_s,
+            "memory": memory,
             "flops_per_step": flops, "flops_per_token": flops / n_tok, "achieved_flops": flops / step_s}
 
 
 def time_to_accuracy(name, args, mod):
-    """Train the default recipe; minutes (the train log's clock) until the last phase's val accuracy
-    first reached BAR on every task, and the final test results."""
+    """Train the default recipe; minutes (the train log's clock) until the last phase's val score
+    first reached the model's bar on every task, and the final test results."""
     out = os.path.join(args.out_dir, name)
     flags = ["--model", name, "--out_dir", out, "--device", args.device, "--dtype", args.dtype,
              "--threads", str(args.threads)] + ["--compile"] * args.compile
     results = train.main(flags)
-    last, clock, reached = list(mod.PHASES)[-1], 0.0, None
+    (bar, minutes), last, clock, reached = BARS[name], list(mod.PHASES)[-1], 0.0, None
     with open(os.path.join(out, "log.jsonl")) as f:
         for r in map(json.loads, f):
             if r["kind"] == "train":
                 clock = r["time"]
-            elif r["kind"] == "eval" and r["phase"] == last and r["acc"] and reached is None \
-                    and all(v["acc"] >= BAR for v in r["acc"].values()):
+            elif r["kind"] == "eval" and r["phase"] == last and r["scores"] and reached is None \
+                    and all(v["score"] >= bar for v in r["scores"].values()):
                 reached = clock / 60
-    return {"bar": BAR, "minutes_to_bar": "not reached" if reached is None else reached,
-            "minutes_total": results["minutes"], "test": {t: v["acc"] for t, v in results["test"].items()},
+    return {"bar": bar, "bar_minutes": minutes, "minutes_to_bar": "not reached" if reached is None else reached,
+            "minutes_total": results["minutes"], "test": {t: v["score"] for t, v in results["test"].items()},
             "out_dir": out}
 
 
@@ -230,8 +234,9 @@ def fmt(x, unit=""):
 
 def table(report):
     tta = any("time_to_accuracy" in r for r in report["models"].values())
-    head = ["model", "params", "tokens/s", "step ms", "fwd ms", "peak mem MiB", "FLOP/step", "FLOP/token", "MFU"]
-    head += ["minutes to 95%", "test acc"] * tta
+    head = ["model", "params", "tokens/s", "samples/s", "step ms", "fwd ms", "peak mem MiB", "FLOP/step",
+            "FLOP/token", "MFU"]
+    head += ["bar", "minutes to bar", "test score"] * tta
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     notes = []
     for name, r in report["models"].items():
@@ -239,13 +244,14 @@ def table(report):
             notes.append(f"skipped {name}: {r['skipped']}")
             continue
         groups = ", ".join(f"{g} {fmt(c)}" for g, c in r["params"]["groups"].items())
-        row = [name, f"{fmt(r['params']['total'])} ({groups})", f"{r['tokens_per_s']:,.0f}", f"{1e3 * r['step_s']:.1f}",
+        row = [name, f"{fmt(r['params']['total'])} ({groups})", f"{r['tokens_per_s']:,.0f}",
+               f"{r['samples_per_s']:,.1f}", f"{1e3 * r['step_s']:.1f}",
                f"{1e3 * r['forward_s']:.1f}", f"{r['memory']['bytes'] / 2**20:.0f}", fmt(r["flops_per_step"]),
                fmt(r["flops_per_token"]), f"{100 * r['mfu']:.1f}%"]
         if tta:
             t = r.get("time_to_accuracy", {})
             m = t.get("minutes_to_bar", "-")
-            row += [m if isinstance(m, str) else f"{m:.1f}",
+            row += [f"{t['bar']:.0%} in {t['bar_minutes']} min" if t else "-", m if isinstance(m, str) else f"{m:.1f}",
                     ", ".join(f"{k} {v:.3f}" for k, v in t.get("test", {}).items())]
         lines.append("| " + " | ".join(row) + " |")
     m = report.get("machine")

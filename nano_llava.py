@@ -240,7 +240,6 @@ class Model(nn.Module):
         # the 'vision' phase's throw-away head: each cell token names its size, colour and shape
         self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
         self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.shuffle) ** 2}
-        self.phase = None
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
@@ -283,16 +282,17 @@ class Model(nn.Module):
         if int(slots.sum()) != n_img * P:
             raise ValueError(f"{int(slots.sum())} <image> placeholder positions but {n_img} images x {P} "
                              f"patches: expand each <image> marker to media_tokens['image']={P} positions")
-        if n_img:
-            feats = self.projector(self.image_tokens(images))  # (N, P, C)
-            # row-major order of the placeholders == the packing order of the images
-            x = x.masked_scatter(slots.unsqueeze(-1), feats.to(x.dtype))
-        return x
+        # with no image the projector runs on an empty batch: it still takes part in the step (DDP)
+        feats = self.image_tokens(images) if n_img else x.new_zeros(0, P, self.projector[0].in_features)
+        feats = self.projector(feats)  # (N, P, C)
+        # row-major order of the placeholders == the packing order of the images
+        return x.masked_scatter(slots.unsqueeze(-1), feats.to(x.dtype))
 
-    def cell_words(self, tokens, media):
-        """'vision' phase: logits of the 3 words (size, colour, shape or "empty" x3) that name each
-        cell, read at once from the cell's token by a linear head: (N, 27, vocab) for N images, in
-        the order of the `cells` task's text. Not autoregressive: the words come from the image only."""
+    def cell_words(self, tokens, targets=None, media=None):
+        """The 'vision' phase's objective (PHASES names it): logits of the 3 words (size, colour, shape
+        or "empty" x3) that name each cell, read at once from the cell's token by a linear head,
+        (N, 27, vocab) for N images in the order of the `cells` task's text, and their cross-entropy.
+        Not autoregressive: the words come from the image only."""
         images = (media or {}).get("image")
         if images is None or images.size(0) != tokens.size(0):
             raise ValueError("the 'vision' phase takes one image per row (the `cells` task)")
@@ -300,19 +300,17 @@ class Model(nn.Module):
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one image token per "
                              "cell, image_size / (patch x shuffle) == 3")
         z = self.cell_head(self.image_tokens(images))  # (N, 9, 3 * vocab)
-        return z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
+        logits = z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
+        loss = None
+        if targets is not None:
+            keep, n = targets != -100, logits.size(1)
+            if not bool((keep.sum(1) == n + 1).all()):
+                raise ValueError(f"the 'vision' phase trains on `cells` samples: {n} words and <eos> per row")
+            words = targets[keep].view(-1, n + 1)[:, :n]  # the answer's words, <eos> dropped
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
+        return logits, loss, {}
 
     def forward(self, tokens, targets=None, media=None):
-        if self.phase == "vision":
-            logits = self.cell_words(tokens, media)  # (B, 27, vocab)
-            loss = None
-            if targets is not None:
-                keep, n = targets != -100, logits.size(1)
-                if not bool((keep.sum(1) == n + 1).all()):
-                    raise ValueError(f"the 'vision' phase trains on `cells` samples: {n} words and <eos> per row")
-                words = targets[keep].view(-1, n + 1)[:, :n]  # the answer's words, <eos> dropped
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
-            return logits, loss, {}
         logits = self.decoder(self.embed(tokens, media))  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -322,11 +320,7 @@ class Model(nn.Module):
     @torch.no_grad()
     def generate(self, tokens, media=None, max_new_tokens=8, temperature=1.0, top_k=None):
         """Continue `tokens` (B, T) with a KV cache; temperature 0 is greedy. Rows run in lockstep
-        (equal prompt lengths); everything after an <eos> is up to the caller to cut. In the 'vision'
-        phase the answer is the head's 27 most likely words at once, then <eos>."""
-        if self.phase == "vision":
-            words = self.cell_words(tokens, media).argmax(-1)  # (B, 27)
-            return torch.cat([words, words.new_full((len(words), 1), self.cfg.eos_id)], 1)[:, :max_new_tokens]
+        (equal prompt lengths); everything after an <eos> is up to the caller to cut."""
         decoder = self.decoder
         B, T = tokens.shape
         caches = decoder.new_caches(B, T + max_new_tokens, decoder.emb.weight)
@@ -347,10 +341,9 @@ class Model(nn.Module):
         return torch.stack(out, 1)  # (B, max_new_tokens)
 
     def set_phase(self, name):
-        """Freeze everything but the phase's parameter groups; switch the decoding path."""
+        """Freeze everything but the phase's parameter groups."""
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; nano_llava has {list(PHASES)}")
-        self.phase = name
         for p in self.parameters():
             p.requires_grad = False
         for group in PHASES[name]["train"]:
@@ -367,7 +360,8 @@ class Model(nn.Module):
 # 0.1 on the blocks to 0.890, against 0.958; README) and not re-tuned since.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64),
+    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,
+                   objective="cell_words"),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
     "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"],
                      steps=4400, lr=3e-3, batch_size=16, weight_decay={"decoder.blocks": 1.0}),

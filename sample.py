@@ -6,25 +6,38 @@
     python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
     python sample.py out/llava/instruct.pt --task vqa --n 1000 --by_shapes   # accuracy by kind x shapes
 
-Prints each prompt, the model's answer and the truth (the first 16 of them, then the exact-match
-count), and draws those under their media into --out (green: exact match, red: wrong, grey: no truth).
+Prints each prompt, the model's answer and the truth (the first 16 of them, then the task's judged
+score, data/judges.py), and draws those under their media into --out (green: judged right, red: wrong,
+grey: no truth), with the media the model generated (a drawn image) beside the prompt's.
 """
 import argparse
 import os
 import textwrap
 import wave
 from collections import Counter
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 import train
-from data import SPLITS, TASKS, Collator, get_sample
+from data import SPLITS, TASKS, Collator, get_sample, judge
+from data.judges import judge_name
 from data.__main__ import show_media
 from data.folder import MARKER, read_frames, read_wav
 from data.world import IMAGE_SIZE, POSITIONS, analyse_image
 
 USER_MEDIA = ("image", "audio", "speech")  # the modalities a single file on the command line can be
+
+
+class Row(NamedTuple):
+    prompt: dict   # the prompt sample (Collator.prompt)
+    truth: str     # the answer, or None for your own file
+    reply: str     # the model's text, a generated media item as its marker
+    made: dict     # what the model generated, by modality: images (N, 3, H, W) in [0, 1]
+    score: float   # the task's judge (data/judges.py), or None without a truth
 
 
 def build_parser():
@@ -91,11 +104,21 @@ def question(prompt):
     return " ".join(t["value"] for t in prompt["conversations"])
 
 
+def generated(prompt, made):
+    """The prompt sample with the model's generated images appended, as uint8 arrays of the world's
+    image size (so that they line up with the prompt's in one strip)."""
+    items = [{"type": m, "data": np.asarray(Image.fromarray((x.permute(1, 2, 0).clamp(0, 1) * 255).round().byte()
+                                                             .numpy()).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST))}
+             for m, xs in made.items() for x in xs.cpu()]
+    return {**prompt, "media": prompt["media"] + items}
+
+
 def draw(rows, path, columns=4, width=36):
-    """Each sample's media, and under it the prompt (black), the answer and the truth (in colour)."""
+    """Each sample's media and what the model drew, and under them the prompt (black), the answer
+    and the truth (in colour)."""
     cols, texts = min(columns, len(rows)), []
-    for prompt, truth, reply in rows:
-        colour = "grey" if truth is None else "green" if reply == truth else "red"
+    for prompt, truth, reply, made, score in rows:
+        colour = "grey" if truth is None else "green" if score == 1 else "red"
         texts.append([(line, "black") for line in textwrap.wrap(question(prompt), width)]
                      + [(line, colour) for line in textwrap.wrap(f"model: {reply or '(nothing)'}", width)
                         + textwrap.wrap(f"truth: {'?' if truth is None else truth}", width)])
@@ -103,8 +126,8 @@ def draw(rows, path, columns=4, width=36):
     fig = Figure(figsize=(3.2 * cols, (3.0 + text_in) * height))
     grid = fig.add_gridspec(2 * height, cols, height_ratios=[2.8, text_in] * height, left=0.02, right=0.98,
                             top=0.98, bottom=0.01, wspace=0.1, hspace=0.05)
-    for k, ((prompt, _, _), lines) in enumerate(zip(rows, texts)):
-        show_media(fig.add_subplot(grid[2 * (k // cols), k % cols]), prompt)
+    for k, ((prompt, _, _, made, _), lines) in enumerate(zip(rows, texts)):
+        show_media(fig.add_subplot(grid[2 * (k // cols), k % cols]), generated(prompt, made))
         ax = fig.add_subplot(grid[2 * (k // cols) + 1, k % cols])
         ax.set_axis_off()
         for j, (line, colour) in enumerate(lines):
@@ -118,7 +141,7 @@ def by_shapes(rows):
     and how many wrong answers name *another* shape's colour, shape, size or place (a binding failure:
     the model read the right kind of fact from the wrong shape); and each kind's commonest mistakes."""
     cells, other, mistakes = {}, {}, {}
-    for prompt, truth, reply in rows:
+    for prompt, truth, reply, _, _ in rows:
         images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
         if truth is not None and images:
             kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
@@ -148,26 +171,30 @@ def main(argv=None):
     except (ValueError, KeyError) as e:  # wrong shapes or keys, or not a train.py checkpoint at all
         raise SystemExit(f"cannot load {args.checkpoint!r}: {type(e).__name__}: {e}")
     torch.manual_seed(args.seed)
-    collator = Collator(tok, model.media_tokens, max_len=getattr(model.cfg, "max_seq", None))
+    collator = Collator(tok, model.media_tokens, getattr(model.cfg, "max_seq", None))
     own = args.prompt or any(getattr(args, m) for m in USER_MEDIA)
     prompts = user_prompt(args) if own else toy_prompts(args, ck["phase"], train.model_module(ck["model_name"]).PHASES)
-    max_new = args.max_new_tokens or (32 if own else max(len(tok.encode(t)) for _, t in prompts) + 1)
+    max_new = args.max_new_tokens or (32 if own else max(collator.length(t) for _, t in prompts) + 1)
     print(f"{ck['model_name']} after phase {ck['phase']!r} (step {ck['step']}), {len(prompts)} prompt(s)")
     try:
-        replies = train.answer(model, collator, [p for p, _ in prompts], max_new, args.device,
-                               args.temperature, args.top_k)
+        replies, made = train.answer(model, collator, [p for p, _ in prompts], max_new, args.device,
+                                     args.temperature, args.top_k)
     except ValueError as e:  # e.g. a modality this model does not take, or a prompt too long
         raise SystemExit(f"cannot answer: {e}")
-    rows = [(p, t, r) for (p, t), r in zip(prompts, replies)]
-    for i, (prompt, truth, reply) in enumerate(rows[:16]):
-        mark = "" if truth is None else "  right" if reply == truth else "  WRONG"
+    rows = []
+    for (p, t), r, m in zip(prompts, replies, made):  # a truth is judged against the whole sample
+        whole = None if t is None else {**p, "conversations": p["conversations"] + [{"from": "gpt", "value": t}]}
+        rows.append(Row(p, t, r, m, None if t is None else judge(p["task"], whole, r, m)))
+    for i, (prompt, truth, reply, _, score) in enumerate(rows[:16]):
+        mark = "" if truth is None else "  right" if score == 1 else f"  WRONG ({score:.2f})" if score else "  WRONG"
         print(f"[{i}] {question(prompt)}\n"
               f"    model: {reply or '(nothing)'}\n    truth: {'?' if truth is None else truth}{mark}")
     if len(rows) > 16:
         print(f"... and {len(rows) - 16} more")
-    judged = [r for r in rows if r[1] is not None]
+    judged = [r for r in rows if r.truth is not None]
     if judged:
-        print(f"exact match {sum(r[1] == r[2] for r in judged)}/{len(judged)}")
+        print(f"{judge_name(judged[0].prompt['task'])} {sum(r.score for r in judged) / len(judged):.3f} over "
+              f"{len(judged)} (exact match {sum(r.truth == r.reply for r in judged)}/{len(judged)})")
     if args.by_shapes:
         by_shapes(rows)
     draw(rows[:16], args.out)

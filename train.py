@@ -23,10 +23,12 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import IGNORE, Collator, Folder, Mixture, Tokenizer, get_sample, make_loader
+from data import COMPOSE, IGNORE, Collator, Folder, Mixture, Tokenizer, get_sample, judge, make_loader
+from data.judges import judge_name
 
 MODELS = {"llava": "nano_llava", "flamingo": "nano_flamingo", "cogvlm": "nano_cogvlm",
           "chameleon": "nano_chameleon", "unimoe": "nano_unimoe"}
@@ -150,6 +152,15 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
+def build_config(mod, tok, overrides=None):
+    """A model's Config: the tokenizer fills the vocabulary size and every special-token id field
+    (image_id <- <image>, eos_id <- <eos>, ...), then the overrides."""
+    fill = {"vocab_size": len(tok)}
+    fill.update({f.name: tok.stoi[f"<{f.name[:-3]}>"] for f in dataclasses.fields(mod.Config)
+                 if f.name.endswith("_id") and f"<{f.name[:-3]}>" in tok.stoi})
+    return mod.Config(**{**fill, **(overrides or {})})
+
+
 def load_model(path, device="cpu"):
     """Rebuild (model, tokenizer, checkpoint) from a checkpoint alone. Used by sample.py, bench.py."""
     ck = read_checkpoint(path)
@@ -163,13 +174,42 @@ def load_model(path, device="cpu"):
 
 # ----------------------------------------------------------------------------- evaluation
 
+class Objective(nn.Module):
+    """A phase's own objective (PHASES "objective": a Model method with forward's signature and
+    return) as the module's forward, so that DDP and torch.compile wrap it as they wrap forward."""
+
+    def __init__(self, model, name):
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, tokens, targets=None, media=None):
+        return getattr(self.model, self.name)(tokens, targets, media)
+
+
+def phase_collator(model, tok, spec):
+    """A phase's collator: which targets carry loss is the phase's `loss` and the model's media_targets."""
+    return Collator(tok, model.media_tokens, getattr(model.cfg, "max_seq", None), getattr(model, "media_targets", ()),
+                    spec.get("loss", "answers"))
+
+
+def phase_net(model, spec):
+    """What a phase optimises and evaluates: the model's forward, or the phase's own objective."""
+    return Objective(model, spec["objective"]) if spec.get("objective") else model
+
+
 @torch.no_grad()
 def answer(model, collator, prompts, max_new, device, temperature=0.0, top_k=None, ctx=nullcontext()):
-    """The model's replies (text up to <eos>) to prompt samples (see Collator.prompt). Prompts of
-    equal length are generated as one batch, so no padding is needed."""
+    """The model's replies to prompt samples (see Collator.prompt): (texts, media). A text runs up
+    to <eos>, each generated media item written as its marker; media[i] holds reply i's generated
+    items by modality (decoded by the model's decode_media). Prompts of equal length are generated
+    as one batch, so no padding is needed."""
     model.eval()
     encoded = [collator.encode(p)[0] for p in prompts]
-    by_len, replies, eos = {}, [None] * len(prompts), collator.tok.eos
+    max_seq = getattr(model.cfg, "max_seq", None)
+    if max_seq and max(map(len, encoded)) + max_new > max_seq:
+        raise ValueError(f"a prompt of {max(map(len, encoded))} positions plus {max_new} new tokens exceeds the "
+                         f"model's max_seq={max_seq}: shorten the prompt, ask for fewer tokens or raise --max_seq")
+    by_len, replies, items, eos = {}, [None] * len(prompts), [None] * len(prompts), collator.tok.eos
     for i, ids in enumerate(encoded):
         by_len.setdefault(len(ids), []).append(i)
     for rows in by_len.values():
@@ -180,47 +220,85 @@ def answer(model, collator, prompts, max_new, device, temperature=0.0, top_k=Non
             with ctx:
                 gen = model.generate(tokens, media, max_new, temperature, top_k).tolist()
             for i, g in zip(idx, gen):
-                replies[i] = collator.tok.decode(g[:g.index(eos)] if eos in g else g).strip()
-    return replies
+                g, items[i] = g[:g.index(eos)] if eos in g else g, {}
+                if hasattr(model, "decode_media"):  # the model's private ids (e.g. VQ codes) -> markers + media
+                    g, items[i] = model.decode_media(torch.tensor(g, dtype=torch.long))
+                replies[i] = collator.tok.decode(g).strip()
+    return replies, items
 
 
-def evaluate(model, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
-    """Exact-match accuracy of greedy generation on n samples per task: {task: {"acc", "kinds"}}."""
+def summarise(samples, scores, exact):
+    """{"score", "exact", "kinds"}: the judged score and exact match, and the score per question kind."""
+    kinds = {}
+    for s, v in zip(samples, scores):
+        kinds.setdefault(s["kind"], []).append(v)
+    mean = lambda v: sum(v) / len(v)
+    return {"score": mean(scores), "exact": mean(exact), "kinds": {k: mean(v) for k, v in sorted(kinds.items())}}
+
+
+def has_prompt(task):
+    """A task can be judged if its samples end in an answer to a prompt (text-only ones do not)."""
+    return len(get_sample(task, "train", 0)["conversations"]) > 1
+
+
+def score_replies(model, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
+    """Judge greedy replies to n held-out samples per task (data/judges.py)."""
     out = {}
-    for task in tasks:
-        if len(get_sample(task, split, 0, seed)["conversations"]) < 2:
-            continue  # nothing to answer (text-only): judged by its loss alone
+    for task in filter(has_prompt, tasks):
         samples = [get_sample(task, split, i, seed) for i in range(n)]
         prompts, truths = zip(*map(Collator.prompt, samples))
-        max_new = max(len(collator.tok.encode(t)) for t in truths) + 1
-        replies = answer(model, collator, prompts, max_new, device, ctx=ctx)
-        per_kind = {}
-        for s, r, t in zip(samples, replies, truths):
-            per_kind.setdefault(s["kind"], []).append(r == t)
-        right = sum(r == t for r, t in zip(replies, truths))
-        out[task] = {"acc": right / n, "kinds": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
+        max_new = max(collator.length(t) for t in truths) + 1  # the answer's positions, media expanded, + <eos>
+        replies, media = answer(model, collator, prompts, max_new, device, ctx=ctx)
+        scores = [judge(task, s, r, m) for s, r, m in zip(samples, replies, media)]
+        out[task] = summarise(samples, scores, [float(r == t) for r, t in zip(replies, truths)])
     return out
 
 
 @torch.no_grad()
-def val_loss(model, collator, tasks, n, device, seed=0, ctx=nullcontext()):
-    model.eval()
-    ds = Mixture(tasks, "val", n, seed)
-    total, count = 0.0, 0
+def score_objective(net, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
+    """Teacher-forced exact match of a phase objective: its logits (B, K, vocab) predict each row's
+    first K target tokens, and a row is right when all K argmaxes are."""
+    net.eval()
+    out = {}
+    for task in tasks:
+        samples = [get_sample(task, split, i, seed) for i in range(n)]
+        right = []
+        for j in range(0, n, 64):
+            b = collator(samples[j:j + 64])
+            with ctx:
+                logits, _, _ = net(b["tokens"].to(device), None, {k: v.to(device) for k, v in b["media"].items()})
+            pred, K = logits.argmax(-1).cpu(), logits.size(1)
+            right += [float(torch.equal(p, t[t != IGNORE][:K])) for p, t in zip(pred, b["targets"])]
+        out[task] = summarise(samples, right, right)
+    return out
+
+
+@torch.no_grad()
+def mean_loss(net, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
+    """Target-token-weighted mean loss over n samples of a task mixture, as training weighs it:
+    {"loss": total, "lm": the language-model part (total minus aux), "aux": {name: value}}."""
+    net.eval()
+    ds = Mixture(tasks, split, n, seed)
+    total, aux, count = 0.0, {}, 0
     for j in range(0, n, 64):
         b = collator([ds[i] for i in range(j, min(j + 64, n))])
         tgt = b["targets"].to(device)
         with ctx:
-            _, loss, _ = model(b["tokens"].to(device), tgt, {k: v.to(device) for k, v in b["media"].items()})
+            _, loss, terms = net(b["tokens"].to(device), tgt, {k: v.to(device) for k, v in b["media"].items()})
         k = int((tgt != IGNORE).sum())
         total, count = total + float(loss) * k, count + k
-    return total / max(count, 1)
+        for name, v in terms.items():
+            aux[name] = aux.get(name, 0.0) + float(v) * k
+    count = max(count, 1)
+    aux = {name: v / count for name, v in aux.items()}
+    return {"loss": total / count, "lm": total / count - sum(aux.values()), "aux": aux}
 
 
 # ----------------------------------------------------------------------------- log and plots
 
 def plot(log_path, png_path):
-    """Redraw the plots from the log alone: loss, accuracy, and any auxiliary terms."""
+    """Redraw the plots from the log alone: loss, held-out scores, and, where the model has them,
+    its auxiliary loss terms and its diagnostics (whatever its diagnostics() names)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -228,33 +306,36 @@ def plot(log_path, png_path):
     train = [r for r in recs if r["kind"] == "train"]
     evals = [r for r in recs if r["kind"] == "eval"]
     aux = sorted({k for r in train for k in r.get("aux", {})})
-    fig, axes = plt.subplots(1, 3 if aux else 2, figsize=(15 if aux else 11, 4))
-    ax = axes[0]
-    ax.plot([r["gstep"] for r in train], [r["loss"] for r in train], lw=0.8, label="train")
-    ax.plot([r["gstep"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, label="val")
-    ax.set(yscale="log", xlabel="step (all phases)", ylabel="loss", title="loss")
+    diag = sorted({k for r in evals for k in r.get("diagnostics", {})})
+    panels = ["loss", "score"] + ["aux"] * bool(aux) + ["diagnostics"] * bool(diag)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    ax = dict(zip(panels, axes))
+    ax["loss"].plot([r["gstep"] for r in train], [r["loss"] for r in train], lw=0.8, label="train")
+    ax["loss"].plot([r["gstep"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, label="val")
+    ax["loss"].set(yscale="log", xlabel="step (all phases)", ylabel="loss", title="loss")
     for r in recs:
         if r["kind"] == "phase":
             for a in axes:
                 a.axvline(r["gstep"], color="grey", lw=0.5, ls="--")
-            ax.text(r["gstep"], ax.get_ylim()[1], r["phase"], fontsize=7, va="top")
-    ax.legend()
+            ax["loss"].text(r["gstep"], ax["loss"].get_ylim()[1], r["phase"], fontsize=7, va="top")
+    ax["loss"].legend()
     series = {}
     for r in evals:
-        for task, res in r["acc"].items():
-            for kind, acc in res["kinds"].items():
-                series.setdefault(f"{task}/{kind}", []).append((r["gstep"], acc))
+        for task, res in r["scores"].items():
+            for kind, v in res["kinds"].items():
+                series.setdefault(f"{task}/{kind}", []).append((r["gstep"], v))
     for name, pts in series.items():
-        axes[1].plot(*zip(*pts), "o-", ms=3, label=name)
-    axes[1].set(xlabel="step (all phases)", ylabel="exact match", title="held-out accuracy (val)", ylim=(0, 1.02))
+        ax["score"].plot(*zip(*pts), "o-", ms=3, label=name)
+    ax["score"].set(xlabel="step (all phases)", ylabel="score", title="held-out score (val)", ylim=(0, 1.02))
     if series:
-        axes[1].legend(fontsize=7)
-    for k in aux:
-        pts = [(r["gstep"], r["aux"][k]) for r in train if k in r.get("aux", {})]
-        axes[2].plot(*zip(*pts), lw=0.8, label=k)
-    if aux:
-        axes[2].set(xlabel="step (all phases)", title="auxiliary terms")
-        axes[2].legend(fontsize=7)
+        ax["score"].legend(fontsize=7)
+    for panel, names, rows, field in (("aux", aux, train, "aux"), ("diagnostics", diag, evals, "diagnostics")):
+        for k in names:
+            ax[panel].plot(*zip(*[(r["gstep"], r[field][k]) for r in rows if k in r.get(field, {})]), lw=0.8,
+                           marker="o" if field == "diagnostics" else None, ms=2, label=k)
+        if names:
+            ax[panel].set(xlabel="step (all phases)", title="auxiliary loss terms" if panel == "aux" else panel)
+            ax[panel].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -328,17 +409,13 @@ class Trainer:
         bf16 = args.dtype == "bf16" or (args.dtype == "auto" and self.device.type == "cuda")
         self.ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         self.tok = Tokenizer()
-        # the tokenizer fills the vocabulary size and every special-token id field of the Config
-        fill = {"vocab_size": len(self.tok)}
-        fill.update({f.name: self.tok.stoi[f"<{f.name[:-3]}>"] for f in dataclasses.fields(mod.Config)
-                     if f.name.endswith("_id") and f"<{f.name[:-3]}>" in self.tok.stoi})
-        self.cfg = mod.Config(**{**fill, **overrides})
+        self.cfg = build_config(mod, self.tok, overrides)
         torch.manual_seed(args.seed)
         self.model = mod.Model(self.cfg).to(self.device)
-        self.collator = Collator(self.tok, self.model.media_tokens, max_len=self.cfg.max_seq
-                                 if hasattr(self.cfg, "max_seq") else None)
-        os.makedirs(args.out_dir, exist_ok=True)
         self.phases = [args.phase] if args.phase else list(mod.PHASES)
+        self.collator = self.collator_for(self.phases[-1])
+        self.begun = []  # phases whose begin_phase these weights have been through (kept in checkpoints)
+        os.makedirs(args.out_dir, exist_ok=True)
         self.log_path = os.path.join(args.out_dir, "log.jsonl")
         self.start = self.plotted = time.time()
 
@@ -356,6 +433,12 @@ class Trainer:
         spec, a = self.mod.PHASES[phase], self.args
         return a.steps or spec["steps"], a.lr or spec["lr"], a.batch_size or spec["batch_size"]
 
+    def collator_for(self, phase):
+        return phase_collator(self.model, self.tok, self.mod.PHASES[phase])
+
+    def net_for(self, phase):
+        return phase_net(self.model, self.mod.PHASES[phase])
+
     def ckpt_path(self, phase):
         return os.path.join(self.args.out_dir, f"{phase}.pt")
 
@@ -363,7 +446,9 @@ class Trainer:
         a = self.args
         resume_from = None
         if a.init_from:
-            load_weights(self.model, read_checkpoint(a.init_from)["model"], a.init_from)
+            ck = read_checkpoint(a.init_from)
+            load_weights(self.model, ck["model"], a.init_from)
+            self.begun = list(ck.get("begun", []))
         if a.resume:  # the last phase with a checkpoint decides where we are
             done = [p for p in self.phases if os.path.exists(self.ckpt_path(p))]
             if not done:
@@ -373,6 +458,7 @@ class Trainer:
                 raise SystemExit(f"--resume: {self.ckpt_path(done[-1])} was trained with another Config; "
                                  f"pass the same --field overrides as the original run")
             load_weights(self.model, resume_from["model"], self.ckpt_path(done[-1]))
+            self.begun = list(resume_from.get("begun", []))
         gstep = resume_from["gstep"] if resume_from else 0
         if self.master:
             self.log = Log(self.log_path, keep_until=gstep if resume_from else None)
@@ -412,9 +498,14 @@ class Trainer:
         a, spec = self.args, self.mod.PHASES[phase]
         steps, peak_lr, B = self.plan(phase)
         self.model.set_phase(phase)
-        model = torch.compile(self.model) if a.compile else self.model
+        if state is None and phase not in self.begun:  # a fresh start: the phase's one-time set-up
+            if hasattr(self.model, "begin_phase"):
+                self.model.begin_phase(phase)
+            self.begun.append(phase)
+        net = self.net_for(phase)
+        net = torch.compile(net) if a.compile else net
         if self.ddp:
-            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         opt = make_optimizer(self.model, peak_lr, a.weight_decay, a.beta2, self.device.type,
                              spec.get("weight_decay"))
         step = 0
@@ -433,7 +524,7 @@ class Trainer:
             ds = torch.utils.data.Subset(ds, [i % len(ds) for i in range(steps * per_step * self.world)])
         else:
             ds, shuffle = Mixture(spec["tasks"], "train", steps * per_step * self.world, a.seed), False
-        loader = iter(make_loader(ds, self.collator, B, self.rank, self.world, start=step * per_step,
+        loader = iter(make_loader(ds, self.collator_for(phase), B, self.rank, self.world, start=step * per_step,
                                   workers=a.workers, shuffle=shuffle, seed=a.seed))
         eval_every = a.eval_every or -(-steps // 4)  # ceil: at most 4 evaluations, the last at the end
         bar = tqdm(total=steps, initial=step, desc=phase, disable=not self.master, dynamic_ncols=True)
@@ -449,32 +540,38 @@ class Trainer:
             total = counts.sum().to(self.device)
             if self.ddp:
                 dist.all_reduce(total)
-            model.train()
+            net.train()
             loss_sum, aux_sum = torch.zeros((), device=self.device), {}
             for k, b in enumerate(batches):
                 last = k == len(batches) - 1
                 media = {m: v.to(self.device, non_blocking=True) for m, v in b["media"].items()}
-                sync = nullcontext() if (last or not self.ddp) else model.no_sync()  # all-reduce once
+                sync = nullcontext() if (last or not self.ddp) else net.no_sync()  # all-reduce once
                 with sync, self.ctx:
-                    _, loss, aux = model(b["tokens"].to(self.device), b["targets"].to(self.device), media)
+                    _, loss, aux = net(b["tokens"].to(self.device), b["targets"].to(self.device), media)
                     w = counts[k] / total * self.world  # DDP averages over ranks: undo that
                     (loss * w).backward()
-                loss_sum += loss.detach() * counts[k] / total
+                share = counts[k] / total  # the aux terms are weighed as the loss they are part of
+                loss_sum += loss.detach() * share
                 for name, v in aux.items():
-                    aux_sum[name] = aux_sum.get(name, 0.0) + float(v) / len(batches)
+                    aux_sum[name] = aux_sum.get(name, 0.0) + torch.as_tensor(v, device=self.device).detach().float() * share
             if a.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if self.ddp:
-                dist.all_reduce(loss_sum)
+            names = sorted(aux_sum)
+            logged = torch.stack([loss_sum.float(), *(aux_sum[n] for n in names)])
+            if self.ddp:  # every rank's share of the global mean, summed
+                dist.all_reduce(logged)
+            logged = logged.tolist()
+            loss_value, aux_sum = logged[0], dict(zip(names, logged[1:]))
             step, gstep = step + 1, gstep + 1
             ntok = sum(b["tokens"].numel() for b in batches) * self.world
             dt = time.time() - t0
             if self.master:
-                self.log.write(kind="train", phase=phase, step=step, gstep=gstep, loss=float(loss_sum),
-                               lr=lr, tok_per_s=ntok / dt, aux=aux_sum, time=time.time() - self.start)
-                bar.set_postfix(loss=f"{float(loss_sum):.4f}", lr=f"{lr:.1e}", tok_s=f"{ntok / dt:,.0f}")
+                self.log.write(kind="train", phase=phase, step=step, gstep=gstep, loss=loss_value,
+                               lm=loss_value - sum(aux_sum.values()), aux=aux_sum, lr=lr, tok_per_s=ntok / dt,
+                               time=time.time() - self.start)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.1e}", tok_s=f"{ntok / dt:,.0f}")
                 bar.update(1)
             out_of_time = deadline is not None and time.time() > deadline
             if self.ddp and deadline is not None:  # every rank stops at the same step, or DDP hangs
@@ -492,18 +589,29 @@ class Trainer:
         return gstep
 
     def evaluate(self, phase, step, gstep, last=False):
+        """Val loss (the language-model part and each aux term) and judged val scores of the phase's
+        tasks; the model's diagnostics; at the phase's end, the test loss on text, so that what a
+        phase does to the language model is a logged number."""
         if self.master:
-            spec = self.mod.PHASES[phase]
-            vl = val_loss(self.model, self.collator, spec["tasks"], self.args.eval_samples, self.device,
-                          self.args.seed, self.ctx)
-            acc = evaluate(self.model, self.collator, eval_tasks(spec), "val", self.args.eval_samples, self.device,
-                           self.args.seed, self.ctx)
-            self.log.write(kind="eval", phase=phase, step=step, gstep=gstep, val_loss=vl, acc=acc)
+            a, spec = self.args, self.mod.PHASES[phase]
+            net, collator = self.net_for(phase), self.collator_for(phase)
+            val = mean_loss(net, collator, spec["tasks"], "val", a.eval_samples, self.device, a.seed, self.ctx)
+            judged = score_objective if spec.get("objective") else score_replies
+            scores = judged(net, collator, eval_tasks(spec), "val", a.eval_samples, self.device, a.seed, self.ctx)
+            rec = dict(kind="eval", phase=phase, step=step, gstep=gstep, val_loss=val["loss"], val_lm=val["lm"],
+                       val_aux=val["aux"], scores=scores)
+            if hasattr(self.model, "diagnostics"):
+                rec["diagnostics"] = {k: float(v) for k, v in self.model.diagnostics().items()}
+            if last:
+                rec["text_test_loss"] = mean_loss(self.model, Collator(self.tok, self.model.media_tokens), ["text"],
+                                                  "test", a.final_samples, self.device, a.seed, self.ctx)["lm"]
+            self.log.write(**rec)
             if last or time.time() - self.plotted > 60:  # a plot takes ~0.5 s on a CPU: at most once a minute
-                plot(self.log_path, os.path.join(self.args.out_dir, "plots.png"))
+                plot(self.log_path, os.path.join(a.out_dir, "plots.png"))
                 self.plotted = time.time()
-            summary = " ".join(f"{t}={r['acc']:.3f}" for t, r in acc.items())
-            tqdm.write(f"[{phase} {step}] val loss {vl:.4f}  accuracy {summary}")
+            terms = "".join(f", {k} {v:.4f}" for k, v in val["aux"].items())
+            summary = " ".join(f"{t}={r['score']:.3f}" for t, r in scores.items())
+            tqdm.write(f"[{phase} {step}] val loss {val['loss']:.4f} (lm {val['lm']:.4f}{terms})  score {summary}")
         if self.ddp:
             dist.barrier()
 
@@ -514,26 +622,42 @@ class Trainer:
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             save_atomic({"model": clean_state_dict(self.model.state_dict()), "optimizer": opt.state_dict(),
                          "model_name": self.args.model, "phase": phase, "step": step, "gstep": gstep,
-                         "done": done, "config": dataclasses.asdict(self.cfg), "rng": rng,
+                         "done": done, "begun": self.begun, "config": dataclasses.asdict(self.cfg), "rng": rng,
                          "tokenizer": {"words": self.tok.words, "punctuation": self.tok.punctuation,
                                        "specials": self.tok.specials},
                          "args": {k: v for k, v in vars(self.args).items()}}, self.ckpt_path(phase))
         if self.ddp:
             dist.barrier()
 
+    def loss_tasks(self):
+        """Every task the recipe trains through forward, and text, that this model can take."""
+        names = ["text"] + [t for spec in self.mod.PHASES.values() if not spec.get("objective") for t in spec["tasks"]]
+        takes = lambda t: {m["type"] for m in get_sample(t, "test", 0)["media"]} <= set(self.model.media_tokens)
+        return [t for t in dict.fromkeys(names) if takes(t)]
+
     def final_report(self):
-        """Accuracy of the finished model on the test split and, where a task has one, the
-        compose split (held-out attribute combinations)."""
-        tasks = eval_tasks(self.mod.PHASES[self.phases[-1]])
-        n, res = self.args.final_samples, {"minutes": (time.time() - self.start) / 60}
-        for split in ("test", "compose"):
-            has = [t for t in tasks if t != "speech" and t != "text"] if split == "compose" else tasks
-            res[split] = evaluate(self.model, self.collator, has, split, n, self.device, self.args.seed, self.ctx)
+        """The finished model's judged scores on the test split and, for tasks that data/ gives one, the
+        compose split (held-out attribute combinations); the test loss of every task it trained on,
+        text included; and the text test loss after each phase, read from the log."""
+        a, last = self.args, self.phases[-1]
+        spec, n = self.mod.PHASES[last], a.final_samples
+        net, collator = self.net_for(last), self.collator_for(last)
+        judged = score_objective if spec.get("objective") else score_replies
+        res = {"minutes": (time.time() - self.start) / 60}
+        for split, tasks in (("test", eval_tasks(spec)), ("compose", [t for t in eval_tasks(spec) if t in COMPOSE])):
+            res[split] = judged(net, collator, tasks, split, n, self.device, a.seed, self.ctx)
             for t, r in res[split].items():
                 kinds = "  ".join(f"{k} {v:.3f}" for k, v in r["kinds"].items())
-                print(f"{split:8s} {t:12s} exact match {r['acc']:.3f}   ({kinds})")
+                also = f" (exact match {r['exact']:.3f})" if judge_name(t) != "exact match" else ""
+                print(f"{split:8s} {t:14s} {judge_name(t)} {r['score']:.3f}{also}   ({kinds})")
+        res["test_loss"] = {t: mean_loss(self.model, collator, [t], "test", n, self.device, a.seed, self.ctx)["lm"]
+                            for t in self.loss_tasks()}
+        print("test loss  " + "  ".join(f"{t} {v:.4f}" for t, v in res["test_loss"].items()))
+        res["text_loss_after"] = {r["phase"]: r["text_test_loss"] for r in map(json.loads, open(self.log_path))
+                                  if "text_test_loss" in r}
+        print("text test loss after each phase  " + "  ".join(f"{p} {v:.4f}" for p, v in res["text_loss_after"].items()))
         print(f"total time {res['minutes']:.1f} min")
-        with open(os.path.join(self.args.out_dir, "results.json"), "w") as f:
+        with open(os.path.join(a.out_dir, "results.json"), "w") as f:
             json.dump(res, f, indent=1)
         self.log.write(kind="final", gstep=10**9, **res)
         return res

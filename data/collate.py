@@ -6,8 +6,12 @@ A conversation becomes one token sequence
 
 and each media marker in it is repeated `media_tokens[modality]` times: that is how many sequence
 positions the model wants for one item (LLaVA: its patch count, Flamingo: 1, ...). The model fills
-those positions. `tokens` and `targets` are the sequence shifted by one, and a target is -100
-(no loss) unless it is a gpt token, so the model learns to answer, not to ask.
+those positions. `tokens` and `targets` are the sequence shifted by one. Which targets carry loss
+is the phase's choice: `loss="answers"` (the default) keeps gpt tokens only, so the model learns to
+answer, not to ask; `loss="all"` keeps every token (Chameleon's pre-training). Everywhere else a
+target is -100. Media placeholders carry loss only for a modality in the model's `media_targets`
+(Chameleon's images), and only where their turn does: their target is the marker id, which the
+model swaps for its own ids (the VQ codes) inside forward.
 """
 import itertools
 
@@ -60,11 +64,17 @@ def media_batch(kind, items):
     return x
 
 
+LOSSES = ("answers", "all")
+
+
 class Collator:
     """Turns a list of samples into {"tokens", "targets", "media", "kinds", "tasks"}."""
 
-    def __init__(self, tokenizer, media_tokens, max_len=None):
+    def __init__(self, tokenizer, media_tokens, max_len=None, media_targets=(), loss="answers"):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.tok, self.media_tokens, self.max_len = tokenizer, dict(media_tokens), max_len
+        self.media_targets, self.loss = set(media_targets), loss
         self.marker = {tokenizer.stoi[f"<{m}>"]: m for m in MEDIA}
 
     def encode(self, sample):
@@ -74,7 +84,7 @@ class Collator:
             gpt = turn["from"] == "gpt"
             part = self.tok.encode(turn["value"]) + [self.tok.eos if gpt else self.tok.sep]
             ids += part
-            loss += [gpt] * len(part)
+            loss += [gpt or self.loss == "all"] * len(part)
         kinds = [self.marker[i] for i in ids if i in self.marker]
         given = [m["type"] for m in sample["media"]]
         if kinds != given:
@@ -87,12 +97,17 @@ class Collator:
                 if self.marker[i] not in self.media_tokens:
                     raise ValueError(f"sample {sample.get('id')}: this model takes no {self.marker[i]} "
                                      f"(it accepts {sorted(self.media_tokens)})")
-                n, l = self.media_tokens[self.marker[i]], False  # the model fills these; no loss
+                # the model fills these; they carry loss only if the model predicts this modality
+                n, l = self.media_tokens[self.marker[i]], l and self.marker[i] in self.media_targets
             out_ids += [i] * n
             out_loss += [l] * n
         if self.max_len and len(out_ids) > self.max_len + 1:
             raise ValueError(f"sample {sample.get('id')}: {len(out_ids)} tokens exceed max_len={self.max_len}")
         return out_ids, out_loss
+
+    def length(self, text):
+        """Sequence positions of a turn's text once its media markers are expanded."""
+        return sum(self.media_tokens.get(self.marker[i], 1) if i in self.marker else 1 for i in self.tok.encode(text))
 
     @staticmethod
     def prompt(sample):

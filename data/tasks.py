@@ -238,6 +238,10 @@ TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, int
                                  speech, video_qa, text)}
 
 
+# tasks with a compose split (held-out attribute combinations); the others raise for split="compose"
+COMPOSE = ("caption", "cells", "vqa", "vqa_one", "conversation", "interleaved", "text_to_image", "audio_qa", "video_qa")
+
+
 def get_sample(task, split, index, seed=0):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")

@@ -37,7 +37,7 @@ def test_counted_flops_match_the_analytic_count(tmp_path):
 def test_synthetic_batch_has_placeholders_then_text(tmp_path):
     trainer, batch = tiny(tmp_path)
     P, tok = trainer.model.media_tokens["image"], trainer.tok
-    assert batch["tokens"].shape == (4, P + 16) and batch["media"]["image"].shape == (4, 3, 32, 32)
+    assert batch["tokens"].shape == (4, P + 16) and batch["media"]["image"].shape == (4, 3, 24, 24)
     assert (batch["tokens"][:, :P] == tok.image).all() and (batch["tokens"][:, P:] >= len(tok.specials)).all()
     assert (batch["targets"][:, :P - 1] == -100).all() and (batch["targets"][:, P - 1:] >= len(tok.specials)).all()
     assert all(p.requires_grad for p in trainer.model.parameters())  # throughput trains everything
@@ -81,8 +81,9 @@ def test_sample_answers_toy_questions(checkpoint, tmp_path, capsys):
     png = tmp_path / "samples.png"
     rows = sample.main([str(checkpoint), "--n", "3", "--out", str(png)])
     printed = capsys.readouterr().out
-    assert len(rows) == 3 and all(truth for _, truth, _ in rows)  # instruct's task, vqa: with truths
+    assert len(rows) == 3 and all(r.truth for r in rows)  # instruct's task, vqa: with truths
     assert printed.count("model:") == 3 and printed.count("truth:") == 3 and "exact match" in printed
+    assert all(r.score == float(r.reply == r.truth) for r in rows)  # vqa's judge is exact match
     assert png.stat().st_size > 0
 
 
@@ -93,8 +94,8 @@ def test_sample_by_shapes_counts_every_question_once(checkpoint, tmp_path, capsy
     printed = capsys.readouterr().out
     cells = re.findall(r"(\d) shapes? (\d+)/(\d+) = ", printed)
     assert sum(int(n) for _, _, n in cells) == 40 and printed.count("model:") == 16 and "and 24 more" in printed
-    assert sum(int(k) for _, k, _ in cells) == sum(truth == reply for _, truth, reply in rows)
-    shapes = {len(world.analyse_image(p["media"][0]["data"])) for p, _, _ in rows}
+    assert sum(int(k) for _, k, _ in cells) == sum(r.truth == r.reply for r in rows)
+    shapes = {len(world.analyse_image(r.prompt["media"][0]["data"])) for r in rows}
     assert {int(s) for s, _, _ in cells} == shapes
 
 
@@ -103,7 +104,7 @@ def test_by_shapes_counts_answers_that_name_another_shape(capsys):
     scene = (world.Obj(0, "red", "circle", "large"), world.Obj(8, "blue", "square", "large"))
     img = world.render_scene(scene, np.random.default_rng(0))
     ask = {"kind": "position", "task": "vqa", "media": [{"type": "image", "data": img}]}
-    rows = [(ask, "top left", "bottom right"), (ask, "top left", "center"), (ask, "top left", "top left")]
+    rows = [sample.Row(ask, "top left", reply, {}, None) for reply in ("bottom right", "center", "top left")]
     sample.by_shapes(rows)
     printed = capsys.readouterr().out
     assert "position: 2 shapes 1/3 = 0.333  | wrong but another shape's: 1/2" in printed
@@ -115,9 +116,9 @@ def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "mine.png")
     rows = sample.main([str(checkpoint), "--image", str(tmp_path / "mine.png"), "--prompt", "what colour is it?",
                         "--temperature", "1", "--top_k", "3", "--out", str(tmp_path / "mine_out.png")])
-    (prompt, truth, _), = rows
-    assert truth is None and prompt["conversations"][0]["value"] == "<image> what colour is it?"
-    assert prompt["media"][0]["data"].shape == (64, 64, 3) and (tmp_path / "mine_out.png").exists()
+    (row,) = rows
+    assert row.truth is None and row.prompt["conversations"][0]["value"] == "<image> what colour is it?"
+    assert row.prompt["media"][0]["data"].shape == (64, 64, 3) and (tmp_path / "mine_out.png").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -133,3 +134,28 @@ def test_sample_errors_are_messages(checkpoint, tmp_path, argv, message):
     argv = [a.format(ck=checkpoint, bad=tmp_path / "bad.png") for a in argv] + ["--out", str(tmp_path / "x.png")]
     with pytest.raises(SystemExit, match=message):
         sample.main(argv)
+
+
+def test_sample_draws_the_generated_media_beside_the_prompt():
+    """sample.py's picture shows what the model drew after the prompt's own media (as uint8 images)."""
+    prompt = {"media": [{"type": "image", "data": np.zeros((64, 64, 3), np.uint8)}]}
+    drawn = torch.full((1, 3, 16, 16), 0.5)
+    shown = sample.generated(prompt, {"image": drawn})["media"]
+    assert [m["type"] for m in shown] == ["image", "image"] and shown[1]["data"].shape == (64, 64, 3)
+    assert shown[1]["data"].dtype == np.uint8 and (shown[1]["data"] == 128).all()
+
+
+def test_sample_shows_what_a_drawing_model_drew(tmp_path, monkeypatch):
+    """End to end on the stand-in (which draws 4-code images): sample.py judges the drawn images
+    with the task's judge and writes the picture."""
+    import standin  # tests/ is on the path
+    monkeypatch.setitem(train.MODELS, "standin", "standin")
+    train.main(["--model", "standin", "--phase", "draw", "--steps", "2", "--no_final_eval", "--eval_samples", "2",
+                "--out_dir", str(tmp_path)])
+    def draws(self, tokens, *args):  # a fixed, well-formed drawing: <boi> 4 codes <eoi> <eos>
+        c = self.cfg
+        return torch.tensor([[c.boi_id, *[c.vocab_size + k for k in (0, 1, 2, 3)], c.eoi_id, c.eos_id]] * len(tokens))
+    monkeypatch.setattr(standin.Model, "generate", draws)
+    rows = sample.main([str(tmp_path / "draw.pt"), "--task", "text_to_image", "--n", "2", "--out", str(tmp_path / "d.png")])
+    assert [r.reply for r in rows] == ["<image>"] * 2 and all(r.made["image"].shape == (1, 3, 16, 16) for r in rows)
+    assert all(r.score == 0 for r in rows) and (tmp_path / "d.png").stat().st_size > 0  # 4 grey blocks: no scene

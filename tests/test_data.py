@@ -435,6 +435,28 @@ def test_collate_exact_sequence_of_a_known_sample():
     assert b["kinds"] == ["vqa"] and b["media"]["image"].shape == (1, 3, 64, 64)
 
 
+def test_media_targets_and_loss_all():
+    """loss="all" puts a target on every token; a modality in media_targets puts the marker id as
+    the target on its placeholders where the turn carries loss, and nowhere else."""
+    s = samples("text_to_image", "train", 1)[0]  # human: "draw ...", gpt: "<image>"
+    prompt = len(TOK.encode(s["conversations"][0]["value"])) + 1  # + <sep>
+    seq = [TOK.bos] + TOK.encode(s["conversations"][0]["value"]) + [TOK.sep] + [TOK.image] * 5 + [TOK.eos]
+    every = Collator(TOK, MEDIA_TOKENS, media_targets={"image"}, loss="all")([s])
+    assert every["tokens"].tolist() == [seq[:-1]] and every["targets"].tolist() == [seq[1:]]
+    answers = Collator(TOK, MEDIA_TOKENS, media_targets={"image"})([s])["targets"].tolist()[0]
+    assert answers == [IGNORE] * prompt + [TOK.image] * 5 + [TOK.eos]
+    assert COLLATE([s])["targets"].tolist()[0] == [IGNORE] * (prompt + 5) + [TOK.eos]
+    plain = Collator(TOK, MEDIA_TOKENS, loss="all")([samples("vqa", "train", 1)[0]])
+    assert (plain["targets"][plain["tokens"].roll(-1, 1) == TOK.image] == IGNORE).all()  # not a media target
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Collator(TOK, MEDIA_TOKENS, loss="prompts")
+
+
+def test_answer_length_expands_media():
+    assert COLLATE.length("<image>") == 5 and COLLATE.length("top left") == 2
+    assert COLLATE.length("<video> and") == 4 + 1 and COLLATE.length("<audio>") == 3
+
+
 def test_markers_expand_to_media_tokens_placeholders():
     """Each marker becomes one contiguous run of exactly media_tokens[modality] placeholders."""
     batch = mixed_batch()
@@ -571,3 +593,37 @@ def test_start_skips_exactly_k_items_per_rank(rank):
     odd = batches(make_loader(DATASET, ids_of, 4, rank=rank, world_size=2, start=6))
     flat = [i for b in fresh for i in b]
     assert [i for b in odd for i in b] == flat[6:6 + 4 * len(odd)] and len(odd) == (len(flat) - 6) // 4
+
+
+# ----------------------------------------------------------------------------- 7. judges
+
+from data import judges  # noqa: E402
+
+
+def test_judges_exact_by_default_word_accuracy_for_speech():
+    vqa, speech = samples("vqa", "test", 1)[0], {"conversations": [{"from": "gpt", "value": "one two three"}]}
+    assert judges.judge("vqa", vqa, judges.truth(vqa), {}) == 1 and judges.judge("vqa", vqa, "nope", {}) == 0
+    assert judges.judge("speech", speech, "one two three", {}) == 1
+    assert judges.judge("speech", speech, "one two", {}) == pytest.approx(2 / 3)  # a word missing
+    assert judges.judge("speech", speech, "one five three", {}) == pytest.approx(2 / 3)  # a word wrong
+    assert judges.judge("speech", speech, "", {}) == 0 and judges.judge("speech", speech, "a b c d e f g", {}) == 0
+    assert judges.judge_name("speech") == "word accuracy" and judges.judge_name("vqa") == "exact match"
+
+
+def test_caption_parses_back_into_its_scene():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        scene = world.sample_scene(rng)
+        assert judges.scene_of(f"draw {world.describe(scene)}.") == scene
+
+
+def test_drawn_image_is_judged_against_the_prompts_scene():
+    """text_to_image: 1 when the analyser reads the prompt's scene from the one drawn image; 0 for
+    another scene, no image, or a reply with text besides the image."""
+    s = samples("text_to_image", "test", 3)[2]
+    img = torch.from_numpy(s["media"][0]["data"]).permute(2, 0, 1).float()[None] / 255  # the truth's render
+    other = torch.from_numpy(samples("text_to_image", "test", 3)[1]["media"][0]["data"]).permute(2, 0, 1)[None] / 255
+    assert judges.judge("text_to_image", s, "<image>", {"image": img}) == 1
+    assert judges.judge("text_to_image", s, "<image>", {"image": other.float()}) == 0
+    assert judges.judge("text_to_image", s, "<image>", {}) == 0
+    assert judges.judge("text_to_image", s, "<image> red", {"image": img}) == 0

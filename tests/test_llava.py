@@ -117,30 +117,30 @@ def test_llm_reads_the_selected_vit_layer(select):
 
 
 def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
-    """'vision': 27 word logits, 3 per cell, each triple read from that cell's token only; the loss
-    is their cross-entropy against the `cells` text; generate returns the argmax words then <eos>;
-    a batch of another task is a clear error."""
+    """'vision' objective: 27 word logits, 3 per cell, each triple read from that cell's token only;
+    the loss is their cross-entropy against the `cells` text; a batch of another task is a clear
+    error; forward stays the language model's path in every phase."""
     m = make("vision")
+    assert L.PHASES["vision"]["objective"] == "cell_words"
     b = batch(m, "cells", n=3)
-    logits, loss, _ = m(b["tokens"], b["targets"], b["media"])
+    logits, loss, _ = m.cell_words(b["tokens"], b["targets"], b["media"])
     words = b["targets"][b["targets"] != -100].view(3, 28)[:, :27]
     assert logits.shape == (3, 27, len(TOK))
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), words.flatten()))
+    assert m(b["tokens"], None, b["media"])[0].shape == (*b["tokens"].shape, len(TOK))
     feats = m.image_tokens(b["media"]["image"])
     feats2 = feats.clone()
     feats2[:, 4] += 1.0  # the centre cell's token
     monkeypatch.setattr(m, "image_tokens", lambda images: feats2)
-    changed = (m(b["tokens"], None, b["media"])[0] != logits).any(-1).any(0)  # (27,)
+    changed = (m.cell_words(b["tokens"], None, b["media"])[0] != logits).any(-1).any(0)  # (27,)
     assert changed.nonzero().flatten().tolist() == [12, 13, 14]
     monkeypatch.undo()
-    gen = m.generate(b["tokens"][:, :11], b["media"], max_new_tokens=28, temperature=0)
-    assert torch.equal(gen[:, :27], logits.argmax(-1)) and (gen[:, 27] == TOK.eos).all()
     vqa = batch(m, "vqa", n=2)
     with pytest.raises(ValueError, match="27 words and <eos> per row"):
-        m(vqa["tokens"], vqa["targets"], vqa["media"])
+        m.cell_words(vqa["tokens"], vqa["targets"], vqa["media"])
     unshuffled = make("vision", shuffle=1)  # 36 patch tokens: no token per cell to name
     with pytest.raises(ValueError, match="one image token per cell"):
-        unshuffled(b["tokens"], b["targets"], b["media"])
+        unshuffled.cell_words(b["tokens"], b["targets"], b["media"])
 
 
 def test_image_features_land_on_the_placeholders():

@@ -42,7 +42,7 @@ def test_recipe_writes_checkpoints_log_plot_results(recipe):
     recs = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["phase"] for r in recs if r["kind"] == "phase"] == ["text", "vision", "align", "instruct"]
     assert sum(r["kind"] == "train" for r in recs) == 12
-    assert json.load(open(out / "results.json"))["test"]["vqa"]["acc"] == res["test"]["vqa"]["acc"]
+    assert json.load(open(out / "results.json"))["test"]["vqa"]["score"] == res["test"]["vqa"]["score"]
     assert set(res["test"]["vqa"]["kinds"]) <= {"colour", "shape", "position", "size", "count"}
 
 
@@ -259,3 +259,113 @@ def test_trains_on_an_on_disk_folder(tmp_path):
     run(tmp_path / "out", "--phase", "instruct", "--data", folder, "--steps", "2", "--batch_size", "4",
         "--no_final_eval", "--eval_every", "100")
     assert len(losses(tmp_path / "out")) == 2
+
+
+# ----------------------------------------------------------------------------- the contract's optional parts,
+# on the stand-in model (tests/standin.py): media targets, loss="all", decode_media, aux, diagnostics,
+# begin_phase, a phase objective
+
+import standin  # noqa: E402  (tests/ is on the path)
+
+from data import Collator, Tokenizer, get_sample  # noqa: E402
+
+
+@pytest.fixture
+def standin_model(monkeypatch):
+    monkeypatch.setitem(train.MODELS, "standin", "standin")
+    tok = Tokenizer()
+    torch.manual_seed(0)
+    return standin.Model(train.build_config(standin, tok)), tok
+
+
+def run_standin(out, *extra):
+    return train.main(["--model", "standin", "--out_dir", str(out), "--eval_samples", "4", "--final_samples", "4",
+                       "--threads", "1", *extra])
+
+
+def test_answer_turns_generated_media_into_markers_and_items(standin_model, monkeypatch):
+    """answer() hands the generated ids to decode_media: the reply holds one <image> marker and the
+    image comes back decoded; an id past the tokenizer never reaches Tokenizer.decode."""
+    model, tok = standin_model
+    v, cfg = tok.stoi, model.cfg
+    codes = [cfg.vocab_size + c for c in (0, 3, 1, 2)]
+    monkeypatch.setattr(model, "generate", lambda tokens, *a: torch.tensor(
+        [[cfg.boi_id, *codes, cfg.eoi_id, v["red"], tok.eos, v["blue"]]] * len(tokens)))
+    prompt, _ = Collator.prompt(get_sample("text_to_image", "test", 0))
+    replies, media = train.answer(model, train.phase_collator(model, tok, {}), [prompt], 9, "cpu")
+    assert replies == ["<image> red"] and media[0]["image"].shape == (1, 3, 16, 16)
+    assert torch.allclose(media[0]["image"][0, 0, ::8, ::8], (torch.tensor([[0, 3], [1, 2]]) + 0.5) / 4)
+
+
+def test_answer_refuses_a_prompt_past_max_seq(standin_model):
+    model, tok = standin_model
+    prompt, _ = Collator.prompt(get_sample("text_to_image", "test", 0))
+    with pytest.raises(ValueError, match="exceeds the model's max_seq=256"):
+        train.answer(model, train.phase_collator(model, tok, {}), [prompt], 250, "cpu")
+
+
+def test_answer_length_counts_the_expanded_media(standin_model, monkeypatch):
+    """A drawn answer "<image>" is 6 positions for this model: evaluation asks for 6 + <eos> new
+    tokens, not for the 2 its text would encode to."""
+    model, tok = standin_model
+    asked = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda t, m, n, *a: asked.append(n) or generate(t, m, n, *a))
+    train.score_replies(model, train.phase_collator(model, tok, {}), ["text_to_image"], "val", 2, "cpu")
+    assert asked == [7]
+
+
+def test_standin_recipe_logs_aux_lm_part_and_diagnostics(tmp_path, monkeypatch):
+    """A recipe with an objective phase and a loss="all" phase with media targets trains end to end;
+    the log splits each loss into the language-model part and the named aux terms, and carries the
+    model's diagnostics at each evaluation; all are plotted; the drawn images are judged."""
+    monkeypatch.setitem(train.MODELS, "standin", "standin")
+    res = run_standin(tmp_path, "--steps", "3")
+    recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    draw = [r for r in recs if r["kind"] == "train" and r["phase"] == "draw"]
+    assert all(r["aux"]["z_loss"] > 0 and r["lm"] == pytest.approx(r["loss"] - r["aux"]["z_loss"]) for r in draw)
+    evals = [r for r in recs if r["kind"] == "eval" and r["phase"] == "draw"]
+    assert evals and all("head_norm" in r["diagnostics"] and "z_loss" in r["val_aux"] for r in evals)
+    assert all(r["val_lm"] == pytest.approx(r["val_loss"] - r["val_aux"]["z_loss"]) for r in evals)
+    warm = [r for r in recs if r["kind"] == "eval" and r["phase"] == "warm"]
+    assert set(warm[-1]["scores"]) == {"caption"}  # the objective, scored teacher-forced
+    assert 0 <= res["test"]["text_to_image"]["score"] <= 1 and (tmp_path / "plots.png").stat().st_size > 10_000
+
+
+def test_media_targets_count_in_the_gradient_weights(tmp_path, monkeypatch):
+    """With media targets and loss="all", 4 micro-batches of 2 still give one batch of 8's updates:
+    the placeholders that carry loss are counted in each micro-batch's weight."""
+    monkeypatch.setitem(train.MODELS, "standin", "standin")
+    common = ["--phase", "draw", "--steps", "3", "--no_final_eval", "--eval_every", "100"]
+    run_standin(tmp_path / "big", *common, "--batch_size", "8")
+    run_standin(tmp_path / "acc", *common, "--batch_size", "2", "--grad_accum", "4")
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "acc")
+    assert len(a) == 3 and all(abs(x - y) < 1e-5 for (_, _, x), (_, _, y) in zip(a, b))
+
+
+def test_begin_phase_runs_once_when_a_phase_starts_fresh(tmp_path, monkeypatch):
+    """begin_phase runs once per phase of a run; never again on --resume, in load_model, or with
+    --init_from weights that have been through that phase already."""
+    monkeypatch.setitem(train.MODELS, "standin", "standin")
+    calls = []
+    begin = standin.Model.begin_phase
+    monkeypatch.setattr(standin.Model, "begin_phase", lambda self, name: calls.append(name) or begin(self, name))
+    save = train.Trainer.save
+
+    def crash_in_draw(self, phase, step, *a, **k):
+        save(self, phase, step, *a, **k)
+        if phase == "draw":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train.Trainer, "save", crash_in_draw)
+    args = ["--steps", "4", "--eval_every", "2", "--no_final_eval"]
+    with pytest.raises(KeyboardInterrupt):
+        run_standin(tmp_path / "a", *args)
+    assert calls == ["warm", "draw"]
+    monkeypatch.setattr(train.Trainer, "save", save)
+    run_standin(tmp_path / "a", *args, "--resume")
+    assert calls == ["warm", "draw"] and torch.load(tmp_path / "a" / "draw.pt", weights_only=True)["done"]
+    train.load_model(str(tmp_path / "a" / "draw.pt"))
+    run_standin(tmp_path / "b", *args, "--phase", "draw", "--init_from", str(tmp_path / "a" / "draw.pt"))
+    assert calls == ["warm", "draw"]
+    run_standin(tmp_path / "c", *args, "--phase", "draw", "--init_from", str(tmp_path / "a" / "warm.pt"))
+    assert calls == ["warm", "draw", "draw"]
