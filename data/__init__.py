@@ -1,8 +1,8 @@
 """The toy world and everything between it and a model: tasks, tokenizer, collation, folders."""
 from .collate import IGNORE, Collator, Mixture, make_loader, media_tensor
 from .folder import Folder, write_folder
-from .tasks import SPLITS, TASKS, get_sample
+from .tasks import COMPOSE, SPLITS, TASKS, get_sample
 from .tokenizer import MEDIA, Tokenizer
 
 __all__ = ["IGNORE", "Collator", "Mixture", "make_loader", "media_tensor", "Folder", "write_folder",
-           "SPLITS", "TASKS", "get_sample", "MEDIA", "Tokenizer"]
+           "COMPOSE", "SPLITS", "TASKS", "get_sample", "MEDIA", "Tokenizer"]

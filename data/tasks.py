@@ -14,10 +14,12 @@ Splits. A sample's *content* (the discrete scene, tone, utterance or motion, wit
 or the pixel jitter) is hashed into train (90%), val (5%) or test (5%), and a split only keeps the
 content that hashes to it: no scene of the test split is ever seen in training, whatever the index.
 (audio_qa, whose tones are too few to split, hashes the tones together with the question kind.)
-The "compose" split is the complement of all three for the tasks that have held-out attribute
-combinations (world.HELDOUT_PAIRS for shapes, HELDOUT_TONES for tones): it measures whether a
-model generalises to combinations it never saw, e.g. a red triangle when it only saw red squares
-and blue triangles.
+The "compose" split holds the content with held-out attribute combinations (world.HELDOUT_PAIRS
+for shapes, HELDOUT_TONES for tones), which train/val/test never show, for the tasks in COMPOSE:
+it measures whether a model generalises to combinations it never saw, e.g. a red triangle when it
+only saw red squares and blue triangles. A compose question that names an object names a held-out
+one; content whose held-out pair cannot be asked about (on a video's still distractor, say)
+belongs to no split.
 """
 import hashlib
 import zlib
@@ -38,7 +40,9 @@ def _bucket(content):
 
 def draw(task, split, index, seed, sample, novel=None):
     """Sample content for (task, split, index, seed) from `sample(rng)`, rejecting content that
-    belongs to another split. Returns the content and the rng, to be used for the rest."""
+    belongs to another split. `novel(content)` is True for compose content, False for content that
+    the hash sends to train/val/test, None for content of no split. Returns the content and the
+    rng, to be used for the rest."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if split == "compose" and novel is None:
@@ -47,6 +51,8 @@ def draw(task, split, index, seed, sample, novel=None):
     for _ in range(100_000):
         content = sample(rng)
         is_new = novel is not None and novel(content)
+        if is_new is None:  # e.g. a held-out pair only on a video's distractor: neither seen nor tested
+            continue
         if (split == "compose") == is_new and (is_new or _bucket(content) == split):
             return content, rng
     raise RuntimeError(f"could not draw a {split} sample for {task!r}")
@@ -188,10 +194,16 @@ def speech(split, index, seed=0):
                    ["<speech> what digits are said?", " ".join(utt["digits"])], [("speech", wav)])
 
 
+def video_novel(m):
+    """video_qa's compose test: the mover is a held-out pair. A held-out pair on the still
+    distractor alone is no split's: train/val/test never show one, and compose asks about the mover."""
+    if (m.colour, m.shape) in world.HELDOUT_PAIRS:
+        return True
+    return None if m.distractor and tuple(m.distractor[:2]) in world.HELDOUT_PAIRS else False
+
+
 def video_qa(split, index, seed=0):
-    motion, rng = draw("video_qa", split, index, seed, world.sample_motion,
-                       lambda m: (m.colour, m.shape) in world.HELDOUT_PAIRS
-                       or bool(m.distractor) and tuple(m.distractor[:2]) in world.HELDOUT_PAIRS)
+    motion, rng = draw("video_qa", split, index, seed, world.sample_motion, video_novel)
     kind = ("direction", "colour", "shape")[int(rng.integers(3))]
     question, answer = {
         "direction": (f"which way does the {motion.colour} {motion.shape} move?", motion.direction),
@@ -236,6 +248,7 @@ def text(split, index, seed=0):
 
 TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
                                  speech, video_qa, text)}
+COMPOSE = set(TASKS) - {"speech", "text"}  # the tasks with held-out combinations, hence a compose split
 
 
 def get_sample(task, split, index, seed=0):

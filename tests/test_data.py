@@ -109,6 +109,15 @@ def analyse_tones(wav):
     return {"pitch": pitch, "beeps": beeps, "timbre": timbre}
 
 
+def video_mover(frames):
+    """The (colour, shape) of a video's moving object: the one whose pixels' centre travels."""
+    def centre(f, rgb):
+        return np.argwhere((f == np.array(rgb, dtype=np.uint8)).all(-1)).mean(0)
+    (mover,) = [(c, s) for c, s in video_pairs(frames)
+                if np.abs(centre(frames[-1], world.COLOURS[c]) - centre(frames[0], world.COLOURS[c])).max() > 4]
+    return mover
+
+
 def video_pairs(frames):
     """The (colour, shape) of every object in a video: exact palette colours (the renderer does not
     anti-alias), the shape from how much of its bounding box it fills (median over frames)."""
@@ -297,6 +306,22 @@ def test_audio_qa_heldout_tones_only_in_compose():
             assert ((t["pitch"], t["timbre"]) in HELDOUT_TONES) == (split == "compose"), (s["id"], t)
 
 
+def test_video_qa_compose_mover_is_heldout():
+    """In video_qa compose the moving shape, read from the pixels, is a held-out pair (a held-out
+    pair only on the still distractor is no split's), and the answers are about it."""
+    with_distractor = 0
+    for s in samples("video_qa", "compose", 80):
+        frames, (question, answer) = s["media"][0]["data"], [t["value"] for t in s["conversations"]]
+        mover = video_mover(frames)
+        assert mover in world.HELDOUT_PAIRS, (s["id"], mover)
+        if s["kind"] == "direction":
+            assert f"the {mover[0]} {mover[1]} move" in question, s["id"]
+        else:
+            assert answer == mover[s["kind"] == "shape"], s["id"]
+        with_distractor += len(video_pairs(frames)) == 2
+    assert with_distractor >= 20  # the distractor is there, and is not what counts
+
+
 def test_text_sentences_never_mention_heldout_pairs():
     """LM sentences in train/val/test never mention a held-out shape or tone pair."""
     mentioned = 0
@@ -307,6 +332,17 @@ def test_text_sentences_never_mention_heldout_pairs():
             assert not pairs & world.HELDOUT_PAIRS and not tones & HELDOUT_TONES, (s["id"], sentence)
             mentioned += bool(pairs or tones)
     assert mentioned > 100
+
+
+def test_compose_declaration_matches_the_tasks():
+    """tasks.COMPOSE names exactly the tasks that accept split="compose"."""
+    for task in TASKS:
+        if task in tasks.COMPOSE:
+            get_sample(task, "compose", 0)
+        else:
+            with pytest.raises(ValueError, match="no compose split"):
+                get_sample(task, "compose", 0)
+    assert set(TASKS) - tasks.COMPOSE == NO_COMPOSE
 
 
 @pytest.mark.parametrize("task", sorted(NO_COMPOSE))
