@@ -10,16 +10,17 @@ text where the media goes, and `media` lists the items in the order of their mar
 on "gpt" turns only (a text-only sample is a single gpt turn). `kind` names the question type, so
 accuracy can be reported per type.
 
-Splits. A sample's *content* (the discrete scene, tone, utterance or motion, without the question
+Splits. A sample's *content* (the discrete scene, beeps, utterance or motion, without the question
 or the pixel jitter) is hashed into train (90%), val (5%) or test (5%), and a split only keeps the
 content that hashes to it: no scene of the test split is ever seen in training, whatever the index.
-(audio_qa, whose tones are too few to split, hashes the tones together with the question kind.)
+(audio_qa hashes the beeps together with the question kind: a test question is never asked of
+its clip in training, though another question may be.)
 The "compose" split holds the content with held-out attribute combinations (world.HELDOUT_PAIRS
-for shapes, HELDOUT_TONES for tones), which train/val/test never show, for the tasks in COMPOSE:
-it measures whether a model generalises to combinations it never saw, e.g. a red triangle when it
-only saw red squares and blue triangles. A compose question that names an object names a held-out
-one; content whose held-out pair cannot be asked about (on a video's still distractor, say)
-belongs to no split.
+for shapes, HELDOUT_TONES for a beep's pitch and timbre), which train/val/test never show, for the
+tasks in COMPOSE: it measures whether a model generalises to combinations it never saw, e.g. a red
+triangle when it only saw red squares and blue triangles. A compose question that names an object
+(or a beep) names a held-out one; content whose held-out pair cannot be asked about (on a video's
+still distractor, say) belongs to no split.
 """
 import hashlib
 import zlib
@@ -31,6 +32,8 @@ from . import sound, world
 SPLITS = ("train", "val", "test", "compose")
 NUMBERS = ("zero", "one", "two", "three", "four")
 HELDOUT_TONES = {("low", "saw"), ("mid", "sine"), ("high", "square")}
+# the beeps train/val/test may hold
+TONES = [sound.Beep(p, t) for p in sound.PITCHES for t in sound.TIMBRES if (p, t) not in HELDOUT_TONES]
 
 
 def _bucket(content):
@@ -170,20 +173,33 @@ def text_to_image(split, index, seed=0):
 
 # ----------------------------------------------------------------------------- other modalities
 
+AUDIO_KINDS = ("count", "first_pitch", "last_pitch", "first_timbre", "last_timbre")
+
+
+def audio_novel(content):
+    """audio_qa's compose test: True if any beep is a held-out (pitch, timbre) pair, but None (no
+    split) if the question asks about the first or last beep and that one is not held out."""
+    beeps, kind = content
+    if not any(b in HELDOUT_TONES for b in beeps):
+        return False
+    return True if kind == "count" or beeps[0 if kind.startswith("first") else -1] in HELDOUT_TONES else None
+
+
 def audio_qa(split, index, seed=0):
-    # the tones alone are only 24 contents outside the compose split: too few to hash into
-    # 90/5/5 (none of them lands in test), so here the content is the tones plus the question kind
+    """A clip of 1-4 beeps and one question: how many, or the pitch or timbre of the first or last
+    beep. The content is the beeps together with the question kind."""
+    # train/val/test draw from the beeps they may hold: rejecting held-out ones would favour short clips
     def sample(rng):
-        return {**sound.sample_tones(rng), "kind": ("count", "pitch", "timbre")[int(rng.integers(3))]}
-    tones, rng = draw("audio_qa", split, index, seed, sample,
-                      lambda t: (t["pitch"], t["timbre"]) in HELDOUT_TONES)
-    kind = tones["kind"]
-    question, answer = {
-        "count": ("how many beeps are there?", NUMBERS[tones["beeps"]]),
-        "pitch": ("what pitch is it?", tones["pitch"]),
-        "timbre": ("what timbre is it?", tones["timbre"]),
-    }[kind]
-    wav = sound.render_tones(tones, rng)
+        beeps = sound.sample_tones(rng, None if split == "compose" else TONES)
+        return beeps, AUDIO_KINDS[int(rng.integers(len(AUDIO_KINDS)))]
+    (beeps, kind), rng = draw("audio_qa", split, index, seed, sample, audio_novel)
+    if kind == "count":
+        question, answer = "how many beeps are there?", NUMBERS[len(beeps)]
+    else:
+        which, attribute = kind.split("_")
+        beep = beeps[0 if which == "first" else -1]
+        question, answer = f"what {attribute} is the {which} beep?", getattr(beep, attribute)
+    wav = sound.render_tones(beeps, rng)
     return _sample("audio_qa", split, index, kind, [f"<audio> {question}", answer], [("audio", wav)])
 
 
@@ -226,16 +242,16 @@ def text(split, index, seed=0):
     small LLM learns this slowly: see README)."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
         while True:
-            form, scene, tones = int(rng.integers(8)), world.sample_scene(rng), sound.sample_tones(rng)
-            if not world.is_novel(scene) and (tones["pitch"], tones["timbre"]) not in HELDOUT_TONES:
-                return form, scene, tones, sound.sample_utterance(rng)
+            form, scene = int(rng.integers(8)), world.sample_scene(rng)
+            if not world.is_novel(scene):
+                return form, scene, sound.sample_tones(rng, TONES), sound.sample_utterance(rng)
     (form, scene, tones, utt), rng = draw("text", split, index, seed, sample)
     o = scene[0]
     sentence = [
         world.describe(scene),
         f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
-        f"there {counted(len(scene), 'shape')} and {NUMBERS[tones['beeps']]} {tones['pitch']} "
-        f"{tones['timbre']} beep{'s' * (tones['beeps'] > 1)}",
+        f"there {counted(len(scene), 'shape')} and "
+        + " then ".join(f"a {b.pitch} {b.timbre} beep" for b in tones),
         "the digits are " + " ".join(utt["digits"]),
     ][form] if form < 4 else None
     if sentence is None:
@@ -263,5 +279,5 @@ WORDS = sorted(set(
     + " ".join(world.POSITIONS).split() + list(world.DIRECTIONS) + list(NUMBERS)
     + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
     + """a and at the what colour shape is one where size how many shapes are there was draw empty
-    beep beeps pitch it timbre digits said which way does move moving""".split()))
+    beep beeps pitch it timbre digits said which way does move moving first last then""".split()))
 PUNCTUATION = ("?", ".", "\n")

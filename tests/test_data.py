@@ -87,26 +87,27 @@ def pairs_in_text(text):
 
 
 def analyse_tones(wav):
-    """Read a tones clip back into {"pitch", "beeps", "timbre"}: the loudest frequency gives the pitch
-    band, the 2nd and 3rd harmonics relative to it the timbre (saw has both, square only odd ones,
-    sine neither), and the number of loud 10 ms stretches separated by silence the beep count."""
+    """Read a tones clip back into its beeps, a tuple of (pitch, timbre): a beep is a run of loud
+    10 ms frames between silences; in each, the loudest frequency gives the pitch band, and the 2nd
+    and 3rd harmonics relative to it the timbre (saw has both, square only odd ones, sine neither)."""
     x = np.asarray(wav, dtype=np.float64)
-    spec = np.abs(np.fft.rfft(x))
-    freqs = np.fft.rfftfreq(len(x), 1 / sound.SAMPLE_RATE)
-    band = (freqs > 150) & (freqs < 2000)
-    f0 = freqs[band][spec[band].argmax()]
+    rms = np.sqrt((x[: len(x) // 160 * 160].reshape(-1, 160) ** 2).mean(1))
+    on = np.concatenate([[False], rms > 0.3 * rms.max(), [False]])
+    starts, ends = np.nonzero(on[1:] & ~on[:-1])[0], np.nonzero(on[:-1] & ~on[1:])[0]
+    freqs = np.fft.rfftfreq(sound.SAMPLE_RATE, 1 / sound.SAMPLE_RATE)
+    beeps = []
+    for a, b in zip(starts * 160, ends * 160):
+        spec = np.abs(np.fft.rfft(x[a:b] * np.hanning(b - a), sound.SAMPLE_RATE))  # 1 Hz bins
+        band = (freqs > 150) & (freqs < 2000)
+        f0 = freqs[band][spec[band].argmax()]
 
-    def peak(f):
-        return spec[np.abs(freqs - f) < 15].max()
+        def peak(f):
+            return spec[np.abs(freqs - f) < 15].max()
 
-    a2, a3 = peak(2 * f0) / peak(f0), peak(3 * f0) / peak(f0)
-    pitch = "low" if f0 < 400 else "mid" if f0 < 1000 else "high"
-    timbre = "saw" if a2 > 0.25 else "square" if a3 > 0.15 else "sine"
-    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames ** 2).mean(1))
-    on = rms > 0.3 * rms.max()
-    beeps = int(on[0]) + int((on[1:] & ~on[:-1]).sum())
-    return {"pitch": pitch, "beeps": beeps, "timbre": timbre}
+        a2, a3 = peak(2 * f0) / peak(f0), peak(3 * f0) / peak(f0)
+        pitch = "low" if f0 < 400 else "mid" if f0 < 1000 else "high"
+        beeps.append((pitch, "saw" if a2 > 0.25 else "square" if a3 > 0.15 else "sine"))
+    return tuple(beeps)
 
 
 def video_mover(frames):
@@ -208,18 +209,27 @@ def test_image_splits_share_no_scene():
         assert not scenes[a] & scenes[b], (a, b, sorted(scenes[a] & scenes[b])[:3])
 
 
+AUDIO_N = {"train": 300, "val": 300, "test": 300, "compose": 300}
+
+
 def test_audio_qa_splits_share_no_content():
-    """audio_qa: the analysed tones together with the question never appear in two splits."""
+    """audio_qa: the analysed beeps together with the question kind never appear in two splits, and
+    every split holds at least 50 of them, with every kind of question in test."""
     contents = {}
-    for split, n in (("train", 300), ("val", 100), ("test", 100)):
+    for split in SPLITS:
         contents[split] = set()
-        for s in samples("audio_qa", split, n):
-            tones = analyse_tones(s["media"][0]["data"])
+        for s in samples("audio_qa", split, AUDIO_N[split]):
+            beeps = analyse_tones(s["media"][0]["data"])
             answer = s["conversations"][1]["value"]
-            expected = tasks.NUMBERS[tones["beeps"]] if s["kind"] == "count" else tones[s["kind"]]
-            assert answer == expected, (s["id"], tones)  # the answer is what the clip sounds like
-            contents[split].add((tones["pitch"], tones["beeps"], tones["timbre"], s["kind"]))
-        assert len(contents[split]) >= 2, split
+            if s["kind"] == "count":
+                expected = tasks.NUMBERS[len(beeps)]
+            else:
+                which, attribute = s["kind"].split("_")
+                expected = beeps[0 if which == "first" else -1][attribute == "timbre"]
+            assert answer == expected, (s["id"], beeps)  # the answer is what the clip sounds like
+            contents[split].add((beeps, s["kind"]))
+        assert len(contents[split]) >= 50, (split, len(contents[split]))
+    assert {k for _, k in contents["test"]} == set(tasks.AUDIO_KINDS)
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not contents[a] & contents[b], (a, b, contents[a] & contents[b])
 
@@ -298,12 +308,14 @@ def test_compose_questions_name_a_heldout_object(task):
 
 
 def test_audio_qa_heldout_tones_only_in_compose():
-    """Every audio_qa compose clip is a held-out (pitch, timbre) pair; no train/val/test clip is."""
-    n = {"train": 300, "val": 100, "test": 100, "compose": 100}
+    """Every audio_qa compose clip has a held-out (pitch, timbre) beep, and a question about the first
+    or last beep asks about a held-out one; no train/val/test clip has any held-out beep."""
     for split in SPLITS:
-        for s in samples("audio_qa", split, n[split]):
-            t = analyse_tones(s["media"][0]["data"])
-            assert ((t["pitch"], t["timbre"]) in HELDOUT_TONES) == (split == "compose"), (s["id"], t)
+        for s in samples("audio_qa", split, AUDIO_N[split]):
+            beeps = analyse_tones(s["media"][0]["data"])
+            assert bool(set(beeps) & HELDOUT_TONES) == (split == "compose"), (s["id"], beeps)
+            if split == "compose" and s["kind"] != "count":
+                assert beeps[0 if s["kind"].startswith("first") else -1] in HELDOUT_TONES, (s["id"], beeps)
 
 
 def test_video_qa_compose_mover_is_heldout():
