@@ -141,16 +141,23 @@ def vqa_one(split, index, seed=0):
     return vqa(split, index, seed, task="vqa_one", max_objects=1)
 
 
-def interleaved(split, index, seed=0):
-    """A multi-image document: 2-3 images, each captioned by colour and shape only, then a
-    question about the position or size of one of them: the answer is only in that image."""
+PAIRS = [(c, s) for c in world.COLOURS for s in world.SHAPES]
+
+
+def interleaved(split, index, seed=0, task="interleaved", images=(2, 3)):
+    """A multi-image document: `images` images (a count, or an inclusive (min, max) range), each
+    captioned by colour and shape only, then a question about the position or size of one of them:
+    the answer is only in that image. No two images show the same (colour, shape) pair, so the
+    question names one image; colours and shapes alone may repeat, as they must beyond 3 images."""
+    lo, hi = (images, images) if isinstance(images, int) else images
+    # train/val/test draw from the pairs they may show: rejecting held-out ones would favour short documents
+    pairs = PAIRS if split == "compose" else [p for p in PAIRS if p not in world.HELDOUT_PAIRS]
+
     def sample(rng):
-        n = int(rng.integers(2, 4))
-        colours = rng.choice(list(world.COLOURS), n, replace=False)
-        shapes = rng.choice(world.SHAPES, n, replace=False)
-        return tuple(world.Obj(int(rng.integers(9)), str(c), str(s), str(rng.choice(world.SIZES)))
-                     for c, s in zip(colours, shapes))
-    objs, rng = draw("interleaved", split, index, seed, sample, world.is_novel)
+        n = int(rng.integers(lo, hi + 1))
+        return tuple(world.Obj(int(rng.integers(9)), *pairs[k], str(rng.choice(world.SIZES)))
+                     for k in rng.choice(len(pairs), n, replace=False))
+    objs, rng = draw(task, split, index, seed, sample, world.is_novel)
     turns, media = [], []
     for o in objs:
         turns += ["<image>", f"a {o.colour} {o.shape}"]
@@ -162,7 +169,13 @@ def interleaved(split, index, seed=0):
         turns += [f"where was the {o.colour} {o.shape}?", world.POSITIONS[o.cell]]
     else:
         turns += [f"what size was the {o.colour} {o.shape}?", o.size]
-    return _sample("interleaved", split, index, kind, turns, media)
+    return _sample(task, split, index, kind, turns, media)
+
+
+def interleaved_long(split, index, seed=0):
+    """Documents of 6-8 images, longer than `interleaved`'s: is a model trained on 2-3 images
+    still able to find the one that answers?"""
+    return interleaved(split, index, seed, task="interleaved_long", images=(6, 8))
 
 
 def text_to_image(split, index, seed=0):
@@ -262,8 +275,8 @@ def text(split, index, seed=0):
             "conversations": [{"from": "gpt", "value": sentence}], "media": []}
 
 
-TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
-                                 speech, video_qa, text)}
+TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, interleaved_long,
+                                 text_to_image, audio_qa, speech, video_qa, text)}
 COMPOSE = set(TASKS) - {"speech", "text"}  # the tasks with held-out combinations, hence a compose split
 
 

@@ -253,7 +253,8 @@ def test_split_proportions_are_90_5_5():
 
 # ----------------------------------------------------------------------------- 3. compose split
 
-@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "cells", "interleaved", "text_to_image", "video_qa"])
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "cells", "interleaved", "interleaved_long",
+                                  "text_to_image", "video_qa"])
 def test_heldout_pairs_only_in_compose(task):
     """Every compose sample shows a held-out (colour, shape) pair; no train/val/test sample does."""
     n = {"train": 300, "val": 120, "test": 120, "compose": 100}  # vqa/caption: cached by the split test
@@ -263,7 +264,7 @@ def test_heldout_pairs_only_in_compose(task):
         for s in samples(task, split, n[split]):
             pairs = pairs_of(s)
             assert pairs, s["id"]
-            if task in ("caption", "interleaved", "text_to_image"):  # the text names the same objects
+            if task in ("caption", "interleaved", "interleaved_long", "text_to_image"):  # the text names them
                 assert pairs_in_text(text_of(s)) == pairs, s["id"]
             assert bool(pairs & world.HELDOUT_PAIRS) == (split == "compose"), (s["id"], pairs)
 
@@ -280,6 +281,19 @@ def test_cells_text_is_the_analysed_scene_cell_by_cell():
             assert words[3 * c:3 * c + 3] == want, (s["id"], c)
 
 
+@pytest.mark.parametrize("task, images", [("interleaved", (2, 3)), ("interleaved_long", (6, 8))])
+def test_interleaved_images_are_distinct_pairs(task, images):
+    """interleaved documents hold 2-3 images and interleaved_long ones 6-8 (any count on request),
+    each image a different (colour, shape) pair read from its pixels, so a question names one image."""
+    counts = Counter()
+    for s in samples(task, "train", 60) + samples(task, "compose", 30):
+        pairs = [(o.colour, o.shape) for scene in scenes_of(s) for o in scene]
+        assert len(set(pairs)) == len(pairs) == len(s["media"]), s["id"]
+        counts[len(pairs)] += 1
+    assert set(counts) == set(range(images[0], images[1] + 1)), counts
+    assert len(tasks.interleaved("test", 0, images=5)["media"]) == 5
+
+
 QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)
     (r"what colour is the (?P<shape>\w+)\?", "colour"),
     (r"what shape is the (?P<colour>\w+) one\?", "shape"),
@@ -288,7 +302,7 @@ QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)
 ]
 
 
-@pytest.mark.parametrize("task", ["vqa", "vqa_one", "interleaved"])
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "interleaved", "interleaved_long"])
 def test_compose_questions_name_a_heldout_object(task):
     """A compose question that names an object names a held-out one, and its answer is right."""
     named = 0
