@@ -7,8 +7,8 @@
 
 This is the LLaVA conversation format: media markers (<image> <audio> <speech> <video>) sit in the
 text where the media goes, and `media` lists the items in the order of their markers. Loss is taken
-on "gpt" turns only (a text-only sample is a single gpt turn). `kind` names the question type, so
-accuracy can be reported per type.
+on "gpt" turns only (a text-only sample is a single gpt turn, or human and gpt turns for reading
+comprehension). `kind` names the question type, so accuracy can be reported per type.
 
 Splits. A sample's *content* (the discrete scene, beeps, utterance or motion, without the question
 or the pixel jitter) is hashed into train (90%), val (5%) or test (5%), and a split only keeps the
@@ -252,7 +252,9 @@ def text(split, index, seed=0):
     """Text-only sentences of the same grammar, for language-model pre-training. Half of them are
     reading comprehension: a scene described in words, a question about it and its answer, meant to
     teach the language model to look things up in its context, as real LLMs can before LLaVA (a
-    small LLM learns this slowly: see README)."""
+    small LLM learns this slowly: see README). A quarter of those are a human turn (the scene and a
+    question) and a gpt answer, and a quarter a conversation of two questions, so that a language
+    model frozen after this (Flamingo, CogVLM) knows the template the multimodal tasks use."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
         while True:
             form, scene = int(rng.integers(8)), world.sample_scene(rng)
@@ -260,19 +262,29 @@ def text(split, index, seed=0):
                 return form, scene, sound.sample_tones(rng, TONES), sound.sample_utterance(rng)
     (form, scene, tones, utt), rng = draw("text", split, index, seed, sample)
     o = scene[0]
-    sentence = [
-        world.describe(scene),
-        f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
-        f"there {counted(len(scene), 'shape')} and "
-        + " then ".join(f"a {b.pitch} {b.timbre} beep" for b in tones),
-        "the digits are " + " ".join(utt["digits"]),
-    ][form] if form < 4 else None
-    if sentence is None:
+    described = world.describe(scene)
+    if form < 4:
+        turns = [[
+            described,
+            f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
+            f"there {counted(len(scene), 'shape')} and "
+            + " then ".join(f"a {b.pitch} {b.timbre} beep" for b in tones),
+            "the digits are " + " ".join(utt["digits"]),
+        ][form]]
+    elif form in (4, 6):  # one gpt turn: the model reads the scene and answers, but is trained on all of it
         _, question, answer = ask(scene, rng, split)
-        described = f"{world.describe(scene)}."
-        sentence = f"{described} {question} {answer}" if form < 6 else f"{question} {described} {answer}"
+        turns = [f"{described}. {question} {answer}" if form == 4 else f"{question} {described}. {answer}"]
+    elif form == 5:
+        _, question, answer = ask(scene, rng, split)
+        turns = [f"{described}. {question}", answer]
+    else:
+        (_, q1, a1), (_, q2, a2) = ask(scene, rng, split), ask(scene, rng, split)
+        while q2 == q1:  # distinct questions: a repeat could be answered by copying
+            _, q2, a2 = ask(scene, rng, split)
+        turns = [f"{described}. {q1}", a1, q2, a2]
+    roles = ["gpt"] if len(turns) == 1 else ["human", "gpt"] * (len(turns) // 2)
     return {"id": f"text/{split}/{index}", "task": "text", "kind": "text",
-            "conversations": [{"from": "gpt", "value": sentence}], "media": []}
+            "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)], "media": []}
 
 
 TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, interleaved_long,

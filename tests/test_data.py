@@ -157,7 +157,7 @@ def test_every_split_yields_well_formed_samples(task):
         for i, s in enumerate(samples(task, split, 3)):
             assert s["id"] == f"{task}/{split}/{i}" and s["task"] == task and isinstance(s["kind"], str)
             roles = [t["from"] for t in s["conversations"]]
-            assert roles == (["gpt"] if task == "text" else ["human", "gpt"] * (len(roles) // 2)), s["id"]
+            assert roles == ["human", "gpt"] * (len(roles) // 2) or task == "text" and roles == ["gpt"], s["id"]
             assert markers_in(text_of(s)) == [m["type"] for m in s["media"]]
             for m in s["media"]:
                 dtype, shape = MEDIA_SHAPES[m["type"]]
@@ -353,11 +353,39 @@ def test_text_sentences_never_mention_heldout_pairs():
     mentioned = 0
     for split in HOLDOUT:
         for s in samples("text", split, 100):
-            sentence = s["conversations"][0]["value"]
+            sentence = text_of(s)
             pairs, tones = pairs_in_text(sentence), set(TONE_RE.findall(sentence))
             assert not pairs & world.HELDOUT_PAIRS and not tones & HELDOUT_TONES, (s["id"], sentence)
             mentioned += bool(pairs or tones)
     assert mentioned > 100
+
+
+POSITION_RE = "|".join(sorted(world.POSITIONS, key=len, reverse=True))  # "top left" before "top"
+SCENE_RE = re.compile(rf"a ({'|'.join(world.SIZES)}) (\w+) (\w+) at the ({POSITION_RE})\b")
+
+
+def test_text_conversations_answer_from_the_described_scene():
+    """Some text samples use the human/gpt template: the scene and a question, its answer, and in
+    some a second, different question; every answer is right for the scene the human turn describes."""
+    templates = Counter()
+    for s in samples("text", "train", 200):
+        turns = [t["value"] for t in s["conversations"]]
+        if len(turns) == 1:
+            continue
+        templates[len(turns)] += 1
+        described, question = turns[0].rsplit(". ", 1)
+        scene = [world.Obj(world.POSITIONS.index(p), c, sh, z) for z, c, sh, p in SCENE_RE.findall(described)]
+        assert world.describe(scene) == described, s["id"]
+        questions = [question] + turns[2::2]
+        assert len(set(questions)) == len(questions), s["id"]
+        for q, answer in zip(questions, turns[1::2]):
+            if q == "how many shapes are there?":
+                assert answer == tasks.NUMBERS[len(scene)], s["id"]
+                continue
+            (match, asks), = [(re.fullmatch(p, q), a) for p, a in QUESTIONS if re.fullmatch(p, q)]
+            (o,) = [o for o in scene if all(getattr(o, k) == v for k, v in match.groupdict().items())]
+            assert answer == (world.POSITIONS[o.cell] if asks == "position" else getattr(o, asks)), s["id"]
+    assert templates[2] >= 10 and templates[4] >= 10, templates
 
 
 def test_compose_declaration_matches_the_tasks():
@@ -586,7 +614,7 @@ def test_prompt_splits_off_the_answer_and_ends_in_sep():
         assert head["media"] == s["media"][:len(markers_in(text_of(head)))]
     assert Collator.prompt(samples("text_to_image", "train", 1)[0])[0]["media"] == []  # the image is the answer
     with pytest.raises(ValueError, match="prompt then a final gpt answer"):
-        Collator.prompt(samples("text", "train", 1)[0])
+        Collator.prompt(next(s for s in samples("text", "train", 20) if len(s["conversations"]) == 1))
 
 
 # ----------------------------------------------------------------------------- 7. loader
