@@ -15,6 +15,7 @@ import os
 import textwrap
 import wave
 from collections import Counter
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -63,17 +64,19 @@ def build_parser():
 
 
 def toy_prompts(args, phase, phases):
-    """[(prompt sample, truth)] of n fresh samples of the task."""
-    has_prompt = [t for t in train.eval_tasks(phases[phase]) if len(get_sample(t, "train", 0)["conversations"]) > 1]
-    task = args.task or (has_prompt[0] if has_prompt else None)
-    if task is None:
-        raise SystemExit(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
-    if task not in TASKS:
-        raise SystemExit(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    try:
-        return [Collator.prompt(get_sample(task, args.split, i, args.seed)) for i in range(args.n)]
-    except ValueError as e:  # e.g. a task with no compose split, or nothing to answer
-        raise SystemExit(f"cannot ask {task!r} questions: {e}")
+    """[(prompt sample, truth)] of the first n samples of the task that end in an answer to a prompt
+    (the task: --task, else the phase's first judged task that has such samples)."""
+    for task in [args.task] if args.task else train.eval_tasks(phases[phase]):
+        if task not in TASKS:
+            raise SystemExit(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        try:  # a text sample may be a bare sentence: look a little further for n with a prompt
+            found = list(islice(filter(train.has_answer, (get_sample(task, args.split, i, args.seed)
+                                                          for i in range(20 * args.n))), args.n))
+        except ValueError as e:  # e.g. a task with no compose split
+            raise SystemExit(f"cannot ask {task!r} questions: {e}")
+        if found:
+            return [Collator.prompt(s) for s in found]
+    raise SystemExit(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
 
 
 def user_prompt(args):

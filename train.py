@@ -236,16 +236,24 @@ def summarise(samples, scores, exact):
     return {"score": mean(scores), "exact": mean(exact), "kinds": {k: mean(v) for k, v in sorted(kinds.items())}}
 
 
-def has_prompt(task):
-    """A task can be judged if its samples end in an answer to a prompt (text-only ones do not)."""
-    return len(get_sample(task, "train", 0)["conversations"]) > 1
+def has_answer(sample):
+    """Does a sample end in an answer to a prompt? Only those can be judged (a text sample may be a
+    bare sentence, judged by its loss alone)."""
+    return len(sample["conversations"]) > 1 and sample["conversations"][-1]["from"] == "gpt"
+
+
+def prompted(task, split, n, seed=0):
+    """The judgeable ones of a task's first n samples."""
+    return [s for s in (get_sample(task, split, i, seed) for i in range(n)) if has_answer(s)]
 
 
 def score_replies(model, collator, tasks, split, n, device, seed=0, ctx=nullcontext()):
-    """Judge greedy replies to n held-out samples per task (data/judges.py)."""
+    """Judge greedy replies to the prompted ones of n held-out samples per task (data/judges.py)."""
     out = {}
-    for task in filter(has_prompt, tasks):
-        samples = [get_sample(task, split, i, seed) for i in range(n)]
+    for task in tasks:
+        samples = prompted(task, split, n, seed)
+        if not samples:
+            continue
         prompts, truths = zip(*map(Collator.prompt, samples))
         max_new = max(collator.length(t) for t in truths) + 1  # the answer's positions, media expanded, + <eos>
         replies, media = answer(model, collator, prompts, max_new, device, ctx=ctx)

@@ -1,4 +1,4 @@
-"""The toy world and everything between it and a model: tasks, tokenizer, collation, folders."""
+"""The toy world and everything between it and a model: tasks, tokenizer, collation, judges, folders."""
 from .collate import IGNORE, Collator, Mixture, make_loader, media_tensor
 from .folder import Folder, write_folder
 from .judges import judge

@@ -53,12 +53,16 @@ def show_media(ax, sample):
         ax.tick_params(labelsize=6, length=2, pad=1)
 
 
-def show_text(ax, sample, width=46):
+def wrapped(sample, width=46):
+    """The conversation as (role, line) pairs, wrapped to `width` characters."""
+    return [(t["from"], text) for t in sample["conversations"]
+            for text in textwrap.wrap(f"{t['from']}: {t['value']}", width, subsequent_indent="   ")]
+
+
+def show_text(ax, sample):
     """The conversation under the media, one wrapped line after another, answers in blue."""
     ax.set_axis_off()
-    lines = [(t["from"], text) for t in sample["conversations"]
-             for text in textwrap.wrap(f"{t['from']}: {t['value']}", width, subsequent_indent="   ")]
-    for k, (role, text) in enumerate(lines):
+    for k, (role, text) in enumerate(wrapped(sample)):
         ax.annotate(text, (0, 1), xycoords="axes fraction", xytext=(0, -11 * k), textcoords="offset points",
                     va="top", fontsize=8, family="monospace", color=ROLE_COLOURS[role],
                     weight="bold" if role == "gpt" else "normal")
@@ -66,12 +70,14 @@ def show_text(ax, sample, width=46):
 
 def contact_sheet(out, seed=0):
     """One row per task, COLUMNS train samples each: the media and, under it, the conversation."""
-    fig = Figure(figsize=(4.3 * COLUMNS, 2.9 * len(TASKS)))
-    grid = fig.add_gridspec(2 * len(TASKS), COLUMNS, height_ratios=[1.5, 1.25] * len(TASKS),
+    rows = {task: [get_sample(task, "train", col, seed) for col in range(COLUMNS)] for task in TASKS}
+    # room for 7 lines of text under the media, more where a row's longest conversation needs it
+    ratios = [r for row in rows.values() for r in (1.5, max(1.25, 0.17 * max(len(wrapped(s)) for s in row)))]
+    fig = Figure(figsize=(4.3 * COLUMNS, 1.055 * sum(ratios)))
+    grid = fig.add_gridspec(2 * len(TASKS), COLUMNS, height_ratios=ratios,
                             left=0.035, right=0.99, top=0.985, bottom=0.005, wspace=0.12, hspace=0.25)
     for row, task in enumerate(TASKS):
-        for col in range(COLUMNS):
-            s = get_sample(task, "train", col, seed)
+        for col, s in enumerate(rows[task]):
             ax = fig.add_subplot(grid[2 * row, col])
             show_media(ax, s)
             ax.set_title(f"{s['id']}  ({s['kind']})", fontsize=8, color="#555555", pad=3)

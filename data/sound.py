@@ -2,8 +2,9 @@
 The sound half of the toy world: short mono clips made from scratch with numpy.
 
 Two kinds of clip:
-- tones: 1 s of 1-4 beeps. Each clip has a pitch band (low/mid/high), a timbre
-  (sine/square/saw: how much energy sits in the overtones) and a beep count.
+- tones: 1 s of 1-4 beeps separated by silence. Each beep has its own pitch band
+  (low/mid/high) and its own timbre (sine/square/saw: how much energy sits in the
+  overtones), so "the first beep" and "the last beep" can differ.
 - speech: 1.5 s of 1-3 spoken digit words from a toy "speech synthesizer".
   Every word is a fixed string of phones (vowels, nasals, noise bursts), and
   each utterance gets its own random speaker: pitch, speaking rate, loudness.
@@ -13,6 +14,8 @@ into a waveform, drawing all the continuous nuisance variation from the rng.
 Same rng state in -> same bytes out.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -20,7 +23,7 @@ AUDIO_SECONDS = 1.0     # tones clips are exactly this long
 SPEECH_SECONDS = 1.5    # speech clips are exactly this long
 PITCHES = ("low", "mid", "high")
 TIMBRES = ("sine", "square", "saw")
-BEEPS = (1, 2, 3, 4)
+BEEPS = (1, 2, 3, 4)    # how many beeps a tones clip may hold
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MAX_DIGITS = 3
 
@@ -29,13 +32,16 @@ MAX_DIGITS = 3
 
 PITCH_BANDS = {"low": (200, 300), "mid": (500, 700), "high": (1200, 1600)}  # Hz
 
-def sample_tones(rng):
-    """Discrete content of a tones clip: {"pitch": str, "beeps": int, "timbre": str}. Uniform."""
-    return {
-        "pitch": PITCHES[rng.integers(len(PITCHES))],
-        "beeps": BEEPS[rng.integers(len(BEEPS))],
-        "timbre": TIMBRES[rng.integers(len(TIMBRES))],
-    }
+class Beep(NamedTuple):
+    pitch: str
+    timbre: str
+
+def sample_tones(rng, pairs=None):
+    """Discrete content of a tones clip: a tuple of 1-4 Beeps in the order they sound. The count
+    is uniform, and each beep is uniform over `pairs` (default: all nine pitch-timbre pairs)."""
+    pairs = pairs or [Beep(p, t) for p in PITCHES for t in TIMBRES]
+    n = BEEPS[rng.integers(len(BEEPS))]
+    return tuple(pairs[k] for k in rng.integers(len(pairs), size=n))
 
 def _fade(n, edge):
     """Gain window of n samples with raised-cosine ramps of `edge` samples at both ends (no clicks)."""
@@ -57,22 +63,23 @@ def _harmonic_wave(timbre, freq, t):
     wave = (np.sin(2 * np.pi * freq * k[:, None] * t) / k[:, None]).sum(0)
     return wave / np.abs(wave).max()
 
-def render_tones(content, rng):
-    """float32 (SAMPLE_RATE*AUDIO_SECONDS,) in [-1, 1]: content["beeps"] beeps separated by silence."""
+def render_tones(beeps, rng):
+    """float32 (SAMPLE_RATE*AUDIO_SECONDS,) in [-1, 1]: the beeps in order, separated by silence,
+    each at its own pitch and timbre."""
     n = int(SAMPLE_RATE * AUDIO_SECONDS)
-    freq = rng.uniform(*PITCH_BANDS[content["pitch"]])  # exact frequency jittered inside the band
     amp = rng.uniform(0.3, 0.9)
     noise = rng.uniform(0.001, 0.01)
-    wave = _harmonic_wave(content["timbre"], freq, np.arange(n) / SAMPLE_RATE)
-    # gate the wave on and off: worst case 0.08 + 4*0.14 + 3*0.10 = 0.94 s, so all beeps fit
-    gate = np.zeros(n)
+    x = np.zeros(n)
+    # worst case 0.08 + 4*0.14 + 3*0.10 = 0.94 s, so all beeps fit
     t = rng.uniform(0.02, 0.08)  # onset of the first beep, seconds
-    for _ in range(content["beeps"]):
+    for b in beeps:
+        freq = rng.uniform(*PITCH_BANDS[b.pitch])  # exact frequency jittered inside the band
         dur = rng.uniform(0.08, 0.14)
-        a, b = int(t * SAMPLE_RATE), int((t + dur) * SAMPLE_RATE)
-        gate[a:b] = _fade(b - a, int(0.005 * SAMPLE_RATE))
+        a, m = int(t * SAMPLE_RATE), int(dur * SAMPLE_RATE)
+        wave = _harmonic_wave(b.timbre, freq, np.arange(m) / SAMPLE_RATE)
+        x[a:a + m] = wave * _fade(m, int(0.005 * SAMPLE_RATE))
         t += dur + rng.uniform(0.06, 0.10)  # silent gap before the next beep
-    x = amp * gate * wave + noise * rng.standard_normal(n)
+    x = amp * x + noise * rng.standard_normal(n)
     return np.clip(x, -1, 1).astype(np.float32)
 
 # -----------------------------------------------------------------------------

@@ -7,17 +7,20 @@
 
 This is the LLaVA conversation format: media markers (<image> <audio> <speech> <video>) sit in the
 text where the media goes, and `media` lists the items in the order of their markers. Loss is taken
-on "gpt" turns only (a text-only sample is a single gpt turn). `kind` names the question type, so
-accuracy can be reported per type.
+on "gpt" turns only (a text-only sample is a single gpt turn, or human and gpt turns for reading
+comprehension). `kind` names the question type, so accuracy can be reported per type.
 
-Splits. A sample's *content* (the discrete scene, tone, utterance or motion, without the question
+Splits. A sample's *content* (the discrete scene, beeps, utterance or motion, without the question
 or the pixel jitter) is hashed into train (90%), val (5%) or test (5%), and a split only keeps the
 content that hashes to it: no scene of the test split is ever seen in training, whatever the index.
-(audio_qa, whose tones are too few to split, hashes the tones together with the question kind.)
-The "compose" split is the complement of all three for the tasks that have held-out attribute
-combinations (world.HELDOUT_PAIRS for shapes, HELDOUT_TONES for tones): it measures whether a
-model generalises to combinations it never saw, e.g. a red triangle when it only saw red squares
-and blue triangles.
+(audio_qa hashes the beeps together with the question kind: a test question is never asked of
+its clip in training, though another question may be.)
+The "compose" split holds the content with held-out attribute combinations (world.HELDOUT_PAIRS
+for shapes, HELDOUT_TONES for a beep's pitch and timbre), which train/val/test never show, for the
+tasks in COMPOSE: it measures whether a model generalises to combinations it never saw, e.g. a red
+triangle when it only saw red squares and blue triangles. A compose question that names an object
+(or a beep) names a held-out one; content whose held-out pair cannot be asked about (on a video's
+still distractor, say) belongs to no split.
 """
 import hashlib
 import zlib
@@ -29,6 +32,8 @@ from . import sound, world
 SPLITS = ("train", "val", "test", "compose")
 NUMBERS = ("zero", "one", "two", "three", "four")
 HELDOUT_TONES = {("low", "saw"), ("mid", "sine"), ("high", "square")}
+# the beeps train/val/test may hold
+TONES = [sound.Beep(p, t) for p in sound.PITCHES for t in sound.TIMBRES if (p, t) not in HELDOUT_TONES]
 
 
 def _bucket(content):
@@ -38,7 +43,9 @@ def _bucket(content):
 
 def draw(task, split, index, seed, sample, novel=None):
     """Sample content for (task, split, index, seed) from `sample(rng)`, rejecting content that
-    belongs to another split. Returns the content and the rng, to be used for the rest."""
+    belongs to another split. `novel(content)` is True for compose content, False for content that
+    the hash sends to train/val/test, None for content of no split. Returns the content and the
+    rng, to be used for the rest."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if split == "compose" and novel is None:
@@ -47,6 +54,8 @@ def draw(task, split, index, seed, sample, novel=None):
     for _ in range(100_000):
         content = sample(rng)
         is_new = novel is not None and novel(content)
+        if is_new is None:  # e.g. a held-out pair only on a video's distractor: neither seen nor tested
+            continue
         if (split == "compose") == is_new and (is_new or _bucket(content) == split):
             return content, rng
     raise RuntimeError(f"could not draw a {split} sample for {task!r}")
@@ -132,16 +141,23 @@ def vqa_one(split, index, seed=0):
     return vqa(split, index, seed, task="vqa_one", max_objects=1)
 
 
-def interleaved(split, index, seed=0):
-    """A multi-image document: 2-3 images, each captioned by colour and shape only, then a
-    question about the position or size of one of them: the answer is only in that image."""
+PAIRS = [(c, s) for c in world.COLOURS for s in world.SHAPES]
+
+
+def interleaved(split, index, seed=0, task="interleaved", images=(2, 3)):
+    """A multi-image document: `images` images (a count, or an inclusive (min, max) range), each
+    captioned by colour and shape only, then a question about the position or size of one of them:
+    the answer is only in that image. No two images show the same (colour, shape) pair, so the
+    question names one image; colours and shapes alone may repeat, as they must beyond 3 images."""
+    lo, hi = (images, images) if isinstance(images, int) else images
+    # train/val/test draw from the pairs they may show: rejecting held-out ones would favour short documents
+    pairs = PAIRS if split == "compose" else [p for p in PAIRS if p not in world.HELDOUT_PAIRS]
+
     def sample(rng):
-        n = int(rng.integers(2, 4))
-        colours = rng.choice(list(world.COLOURS), n, replace=False)
-        shapes = rng.choice(world.SHAPES, n, replace=False)
-        return tuple(world.Obj(int(rng.integers(9)), str(c), str(s), str(rng.choice(world.SIZES)))
-                     for c, s in zip(colours, shapes))
-    objs, rng = draw("interleaved", split, index, seed, sample, world.is_novel)
+        n = int(rng.integers(lo, hi + 1))
+        return tuple(world.Obj(int(rng.integers(9)), *pairs[k], str(rng.choice(world.SIZES)))
+                     for k in rng.choice(len(pairs), n, replace=False))
+    objs, rng = draw(task, split, index, seed, sample, world.is_novel)
     turns, media = [], []
     for o in objs:
         turns += ["<image>", f"a {o.colour} {o.shape}"]
@@ -153,7 +169,13 @@ def interleaved(split, index, seed=0):
         turns += [f"where was the {o.colour} {o.shape}?", world.POSITIONS[o.cell]]
     else:
         turns += [f"what size was the {o.colour} {o.shape}?", o.size]
-    return _sample("interleaved", split, index, kind, turns, media)
+    return _sample(task, split, index, kind, turns, media)
+
+
+def interleaved_long(split, index, seed=0):
+    """Documents of 6-8 images, longer than `interleaved`'s: is a model trained on 2-3 images
+    still able to find the one that answers?"""
+    return interleaved(split, index, seed, task="interleaved_long", images=(6, 8))
 
 
 def text_to_image(split, index, seed=0):
@@ -164,20 +186,33 @@ def text_to_image(split, index, seed=0):
 
 # ----------------------------------------------------------------------------- other modalities
 
+AUDIO_KINDS = ("count", "first_pitch", "last_pitch", "first_timbre", "last_timbre")
+
+
+def audio_novel(content):
+    """audio_qa's compose test: True if any beep is a held-out (pitch, timbre) pair, but None (no
+    split) if the question asks about the first or last beep and that one is not held out."""
+    beeps, kind = content
+    if not any(b in HELDOUT_TONES for b in beeps):
+        return False
+    return True if kind == "count" or beeps[0 if kind.startswith("first") else -1] in HELDOUT_TONES else None
+
+
 def audio_qa(split, index, seed=0):
-    # the tones alone are only 24 contents outside the compose split: too few to hash into
-    # 90/5/5 (none of them lands in test), so here the content is the tones plus the question kind
+    """A clip of 1-4 beeps and one question: how many, or the pitch or timbre of the first or last
+    beep. The content is the beeps together with the question kind."""
+    # train/val/test draw from the beeps they may hold: rejecting held-out ones would favour short clips
     def sample(rng):
-        return {**sound.sample_tones(rng), "kind": ("count", "pitch", "timbre")[int(rng.integers(3))]}
-    tones, rng = draw("audio_qa", split, index, seed, sample,
-                      lambda t: (t["pitch"], t["timbre"]) in HELDOUT_TONES)
-    kind = tones["kind"]
-    question, answer = {
-        "count": ("how many beeps are there?", NUMBERS[tones["beeps"]]),
-        "pitch": ("what pitch is it?", tones["pitch"]),
-        "timbre": ("what timbre is it?", tones["timbre"]),
-    }[kind]
-    wav = sound.render_tones(tones, rng)
+        beeps = sound.sample_tones(rng, None if split == "compose" else TONES)
+        return beeps, AUDIO_KINDS[int(rng.integers(len(AUDIO_KINDS)))]
+    (beeps, kind), rng = draw("audio_qa", split, index, seed, sample, audio_novel)
+    if kind == "count":
+        question, answer = "how many beeps are there?", NUMBERS[len(beeps)]
+    else:
+        which, attribute = kind.split("_")
+        beep = beeps[0 if which == "first" else -1]
+        question, answer = f"what {attribute} is the {which} beep?", getattr(beep, attribute)
+    wav = sound.render_tones(beeps, rng)
     return _sample("audio_qa", split, index, kind, [f"<audio> {question}", answer], [("audio", wav)])
 
 
@@ -188,10 +223,16 @@ def speech(split, index, seed=0):
                    ["<speech> what digits are said?", " ".join(utt["digits"])], [("speech", wav)])
 
 
+def video_novel(m):
+    """video_qa's compose test: the mover is a held-out pair. A held-out pair on the still
+    distractor alone is no split's: train/val/test never show one, and compose asks about the mover."""
+    if (m.colour, m.shape) in world.HELDOUT_PAIRS:
+        return True
+    return None if m.distractor and tuple(m.distractor[:2]) in world.HELDOUT_PAIRS else False
+
+
 def video_qa(split, index, seed=0):
-    motion, rng = draw("video_qa", split, index, seed, world.sample_motion,
-                       lambda m: (m.colour, m.shape) in world.HELDOUT_PAIRS
-                       or bool(m.distractor) and tuple(m.distractor[:2]) in world.HELDOUT_PAIRS)
+    motion, rng = draw("video_qa", split, index, seed, world.sample_motion, video_novel)
     kind = ("direction", "colour", "shape")[int(rng.integers(3))]
     question, answer = {
         "direction": (f"which way does the {motion.colour} {motion.shape} move?", motion.direction),
@@ -211,35 +252,44 @@ def text(split, index, seed=0):
     """Text-only sentences of the same grammar, for language-model pre-training. Half of them are
     reading comprehension: a scene described in words, a question about it and its answer, meant to
     teach the language model to look things up in its context, as real LLMs can before LLaVA (a
-    small LLM learns this slowly: see README)."""
+    small LLM learns this slowly: see README). A quarter of those are a human turn (the scene and a
+    question) and a gpt answer, and a quarter a conversation of two questions, so that a language
+    model frozen after this (Flamingo, CogVLM) knows the template the multimodal tasks use."""
     def sample(rng):  # never a held-out pair: "a red triangle" must not be seen in training
         while True:
-            form, scene, tones = int(rng.integers(8)), world.sample_scene(rng), sound.sample_tones(rng)
-            if not world.is_novel(scene) and (tones["pitch"], tones["timbre"]) not in HELDOUT_TONES:
-                return form, scene, tones, sound.sample_utterance(rng)
+            form, scene = int(rng.integers(8)), world.sample_scene(rng)
+            if not world.is_novel(scene):
+                return form, scene, sound.sample_tones(rng, TONES), sound.sample_utterance(rng)
     (form, scene, tones, utt), rng = draw("text", split, index, seed, sample)
     o = scene[0]
-    sentence = [
-        world.describe(scene),
-        f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
-        f"there {counted(len(scene), 'shape')} and {NUMBERS[tones['beeps']]} {tones['pitch']} "
-        f"{tones['timbre']} beep{'s' * (tones['beeps'] > 1)}",
-        "the digits are " + " ".join(utt["digits"]),
-    ][form] if form < 4 else None
-    if sentence is None:
+    described = world.describe(scene)
+    if form < 4:
+        turns = [[
+            described,
+            f"the {o.colour} {o.shape} is {o.size} and at the {world.POSITIONS[o.cell]}",
+            f"there {counted(len(scene), 'shape')} and "
+            + " then ".join(f"a {b.pitch} {b.timbre} beep" for b in tones),
+            "the digits are " + " ".join(utt["digits"]),
+        ][form]]
+    elif form in (4, 6):  # one gpt turn: the model reads the scene and answers, but is trained on all of it
         _, question, answer = ask(scene, rng, split)
-        described = f"{world.describe(scene)}."
-        sentence = f"{described} {question} {answer}" if form < 6 else f"{question} {described} {answer}"
+        turns = [f"{described}. {question} {answer}" if form == 4 else f"{question} {described}. {answer}"]
+    elif form == 5:
+        _, question, answer = ask(scene, rng, split)
+        turns = [f"{described}. {question}", answer]
+    else:
+        (_, q1, a1), (_, q2, a2) = ask(scene, rng, split), ask(scene, rng, split)
+        while q2 == q1:  # distinct questions: a repeat could be answered by copying
+            _, q2, a2 = ask(scene, rng, split)
+        turns = [f"{described}. {q1}", a1, q2, a2]
+    roles = ["gpt"] if len(turns) == 1 else ["human", "gpt"] * (len(turns) // 2)
     return {"id": f"text/{split}/{index}", "task": "text", "kind": "text",
-            "conversations": [{"from": "gpt", "value": sentence}], "media": []}
+            "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)], "media": []}
 
 
-TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, text_to_image, audio_qa,
-                                 speech, video_qa, text)}
-
-
-# tasks with a compose split (held-out attribute combinations); the others raise for split="compose"
-COMPOSE = ("caption", "cells", "vqa", "vqa_one", "conversation", "interleaved", "text_to_image", "audio_qa", "video_qa")
+TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, interleaved_long,
+                                 text_to_image, audio_qa, speech, video_qa, text)}
+COMPOSE = set(TASKS) - {"speech", "text"}  # the tasks with held-out combinations, hence a compose split
 
 
 def get_sample(task, split, index, seed=0):
@@ -254,5 +304,5 @@ WORDS = sorted(set(
     + " ".join(world.POSITIONS).split() + list(world.DIRECTIONS) + list(NUMBERS)
     + list(sound.PITCHES) + list(sound.TIMBRES) + list(sound.DIGITS)
     + """a and at the what colour shape is one where size how many shapes are there was draw empty
-    beep beeps pitch it timbre digits said which way does move moving""".split()))
+    beep beeps pitch it timbre digits said which way does move moving first last then""".split()))
 PUNCTUATION = ("?", ".", "\n")

@@ -126,7 +126,7 @@ def test_sample_answers_a_user_image(checkpoint, tmp_path, capsys):
     (["{ck}", "--image", "missing.png", "--prompt", "hi"], "no such file"),
     (["{ck}", "--image", "{bad}", "--prompt", "hi"], "cannot read --image"),
     (["{ck}", "--image", "{bad}"], "--prompt is needed"),
-    (["{ck}", "--task", "text"], "cannot ask 'text' questions"),
+    (["{ck}", "--task", "speech", "--split", "compose"], "cannot ask 'speech' questions"),
     (["{ck}", "--task", "audio_qa"], "takes no audio"),
 ])
 def test_sample_errors_are_messages(checkpoint, tmp_path, argv, message):

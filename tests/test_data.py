@@ -87,26 +87,36 @@ def pairs_in_text(text):
 
 
 def analyse_tones(wav):
-    """Read a tones clip back into {"pitch", "beeps", "timbre"}: the loudest frequency gives the pitch
-    band, the 2nd and 3rd harmonics relative to it the timbre (saw has both, square only odd ones,
-    sine neither), and the number of loud 10 ms stretches separated by silence the beep count."""
+    """Read a tones clip back into its beeps, a tuple of (pitch, timbre): a beep is a run of loud
+    10 ms frames between silences; in each, the loudest frequency gives the pitch band, and the 2nd
+    and 3rd harmonics relative to it the timbre (saw has both, square only odd ones, sine neither)."""
     x = np.asarray(wav, dtype=np.float64)
-    spec = np.abs(np.fft.rfft(x))
-    freqs = np.fft.rfftfreq(len(x), 1 / sound.SAMPLE_RATE)
-    band = (freqs > 150) & (freqs < 2000)
-    f0 = freqs[band][spec[band].argmax()]
+    rms = np.sqrt((x[: len(x) // 160 * 160].reshape(-1, 160) ** 2).mean(1))
+    on = np.concatenate([[False], rms > 0.3 * rms.max(), [False]])
+    starts, ends = np.nonzero(on[1:] & ~on[:-1])[0], np.nonzero(on[:-1] & ~on[1:])[0]
+    freqs = np.fft.rfftfreq(sound.SAMPLE_RATE, 1 / sound.SAMPLE_RATE)
+    beeps = []
+    for a, b in zip(starts * 160, ends * 160):
+        spec = np.abs(np.fft.rfft(x[a:b] * np.hanning(b - a), sound.SAMPLE_RATE))  # 1 Hz bins
+        band = (freqs > 150) & (freqs < 2000)
+        f0 = freqs[band][spec[band].argmax()]
 
-    def peak(f):
-        return spec[np.abs(freqs - f) < 15].max()
+        def peak(f):
+            return spec[np.abs(freqs - f) < 15].max()
 
-    a2, a3 = peak(2 * f0) / peak(f0), peak(3 * f0) / peak(f0)
-    pitch = "low" if f0 < 400 else "mid" if f0 < 1000 else "high"
-    timbre = "saw" if a2 > 0.25 else "square" if a3 > 0.15 else "sine"
-    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames ** 2).mean(1))
-    on = rms > 0.3 * rms.max()
-    beeps = int(on[0]) + int((on[1:] & ~on[:-1]).sum())
-    return {"pitch": pitch, "beeps": beeps, "timbre": timbre}
+        a2, a3 = peak(2 * f0) / peak(f0), peak(3 * f0) / peak(f0)
+        pitch = "low" if f0 < 400 else "mid" if f0 < 1000 else "high"
+        beeps.append((pitch, "saw" if a2 > 0.25 else "square" if a3 > 0.15 else "sine"))
+    return tuple(beeps)
+
+
+def video_mover(frames):
+    """The (colour, shape) of a video's moving object: the one whose pixels' centre travels."""
+    def centre(f, rgb):
+        return np.argwhere((f == np.array(rgb, dtype=np.uint8)).all(-1)).mean(0)
+    (mover,) = [(c, s) for c, s in video_pairs(frames)
+                if np.abs(centre(frames[-1], world.COLOURS[c]) - centre(frames[0], world.COLOURS[c])).max() > 4]
+    return mover
 
 
 def video_pairs(frames):
@@ -147,7 +157,7 @@ def test_every_split_yields_well_formed_samples(task):
         for i, s in enumerate(samples(task, split, 3)):
             assert s["id"] == f"{task}/{split}/{i}" and s["task"] == task and isinstance(s["kind"], str)
             roles = [t["from"] for t in s["conversations"]]
-            assert roles == (["gpt"] if task == "text" else ["human", "gpt"] * (len(roles) // 2)), s["id"]
+            assert roles == ["human", "gpt"] * (len(roles) // 2) or task == "text" and roles == ["gpt"], s["id"]
             assert markers_in(text_of(s)) == [m["type"] for m in s["media"]]
             for m in s["media"]:
                 dtype, shape = MEDIA_SHAPES[m["type"]]
@@ -199,18 +209,27 @@ def test_image_splits_share_no_scene():
         assert not scenes[a] & scenes[b], (a, b, sorted(scenes[a] & scenes[b])[:3])
 
 
+AUDIO_N = {"train": 300, "val": 300, "test": 300, "compose": 300}
+
+
 def test_audio_qa_splits_share_no_content():
-    """audio_qa: the analysed tones together with the question never appear in two splits."""
+    """audio_qa: the analysed beeps together with the question kind never appear in two splits, and
+    every split holds at least 50 of them, with every kind of question in test."""
     contents = {}
-    for split, n in (("train", 300), ("val", 100), ("test", 100)):
+    for split in SPLITS:
         contents[split] = set()
-        for s in samples("audio_qa", split, n):
-            tones = analyse_tones(s["media"][0]["data"])
+        for s in samples("audio_qa", split, AUDIO_N[split]):
+            beeps = analyse_tones(s["media"][0]["data"])
             answer = s["conversations"][1]["value"]
-            expected = tasks.NUMBERS[tones["beeps"]] if s["kind"] == "count" else tones[s["kind"]]
-            assert answer == expected, (s["id"], tones)  # the answer is what the clip sounds like
-            contents[split].add((tones["pitch"], tones["beeps"], tones["timbre"], s["kind"]))
-        assert len(contents[split]) >= 2, split
+            if s["kind"] == "count":
+                expected = tasks.NUMBERS[len(beeps)]
+            else:
+                which, attribute = s["kind"].split("_")
+                expected = beeps[0 if which == "first" else -1][attribute == "timbre"]
+            assert answer == expected, (s["id"], beeps)  # the answer is what the clip sounds like
+            contents[split].add((beeps, s["kind"]))
+        assert len(contents[split]) >= 50, (split, len(contents[split]))
+    assert {k for _, k in contents["test"]} == set(tasks.AUDIO_KINDS)
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not contents[a] & contents[b], (a, b, contents[a] & contents[b])
 
@@ -234,7 +253,8 @@ def test_split_proportions_are_90_5_5():
 
 # ----------------------------------------------------------------------------- 3. compose split
 
-@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "cells", "interleaved", "text_to_image", "video_qa"])
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "caption", "cells", "interleaved", "interleaved_long",
+                                  "text_to_image", "video_qa"])
 def test_heldout_pairs_only_in_compose(task):
     """Every compose sample shows a held-out (colour, shape) pair; no train/val/test sample does."""
     n = {"train": 300, "val": 120, "test": 120, "compose": 100}  # vqa/caption: cached by the split test
@@ -244,7 +264,7 @@ def test_heldout_pairs_only_in_compose(task):
         for s in samples(task, split, n[split]):
             pairs = pairs_of(s)
             assert pairs, s["id"]
-            if task in ("caption", "interleaved", "text_to_image"):  # the text names the same objects
+            if task in ("caption", "interleaved", "interleaved_long", "text_to_image"):  # the text names them
                 assert pairs_in_text(text_of(s)) == pairs, s["id"]
             assert bool(pairs & world.HELDOUT_PAIRS) == (split == "compose"), (s["id"], pairs)
 
@@ -261,6 +281,19 @@ def test_cells_text_is_the_analysed_scene_cell_by_cell():
             assert words[3 * c:3 * c + 3] == want, (s["id"], c)
 
 
+@pytest.mark.parametrize("task, images", [("interleaved", (2, 3)), ("interleaved_long", (6, 8))])
+def test_interleaved_images_are_distinct_pairs(task, images):
+    """interleaved documents hold 2-3 images and interleaved_long ones 6-8 (any count on request),
+    each image a different (colour, shape) pair read from its pixels, so a question names one image."""
+    counts = Counter()
+    for s in samples(task, "train", 60) + samples(task, "compose", 30):
+        pairs = [(o.colour, o.shape) for scene in scenes_of(s) for o in scene]
+        assert len(set(pairs)) == len(pairs) == len(s["media"]), s["id"]
+        counts[len(pairs)] += 1
+    assert set(counts) == set(range(images[0], images[1] + 1)), counts
+    assert len(tasks.interleaved("test", 0, images=5)["media"]) == 5
+
+
 QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)
     (r"what colour is the (?P<shape>\w+)\?", "colour"),
     (r"what shape is the (?P<colour>\w+) one\?", "shape"),
@@ -269,7 +302,7 @@ QUESTIONS = [  # (pattern, attributes the question names, attribute it asks for)
 ]
 
 
-@pytest.mark.parametrize("task", ["vqa", "vqa_one", "interleaved"])
+@pytest.mark.parametrize("task", ["vqa", "vqa_one", "interleaved", "interleaved_long"])
 def test_compose_questions_name_a_heldout_object(task):
     """A compose question that names an object names a held-out one, and its answer is right."""
     named = 0
@@ -289,12 +322,30 @@ def test_compose_questions_name_a_heldout_object(task):
 
 
 def test_audio_qa_heldout_tones_only_in_compose():
-    """Every audio_qa compose clip is a held-out (pitch, timbre) pair; no train/val/test clip is."""
-    n = {"train": 300, "val": 100, "test": 100, "compose": 100}
+    """Every audio_qa compose clip has a held-out (pitch, timbre) beep, and a question about the first
+    or last beep asks about a held-out one; no train/val/test clip has any held-out beep."""
     for split in SPLITS:
-        for s in samples("audio_qa", split, n[split]):
-            t = analyse_tones(s["media"][0]["data"])
-            assert ((t["pitch"], t["timbre"]) in HELDOUT_TONES) == (split == "compose"), (s["id"], t)
+        for s in samples("audio_qa", split, AUDIO_N[split]):
+            beeps = analyse_tones(s["media"][0]["data"])
+            assert bool(set(beeps) & HELDOUT_TONES) == (split == "compose"), (s["id"], beeps)
+            if split == "compose" and s["kind"] != "count":
+                assert beeps[0 if s["kind"].startswith("first") else -1] in HELDOUT_TONES, (s["id"], beeps)
+
+
+def test_video_qa_compose_mover_is_heldout():
+    """In video_qa compose the moving shape, read from the pixels, is a held-out pair (a held-out
+    pair only on the still distractor is no split's), and the answers are about it."""
+    with_distractor = 0
+    for s in samples("video_qa", "compose", 80):
+        frames, (question, answer) = s["media"][0]["data"], [t["value"] for t in s["conversations"]]
+        mover = video_mover(frames)
+        assert mover in world.HELDOUT_PAIRS, (s["id"], mover)
+        if s["kind"] == "direction":
+            assert f"the {mover[0]} {mover[1]} move" in question, s["id"]
+        else:
+            assert answer == mover[s["kind"] == "shape"], s["id"]
+        with_distractor += len(video_pairs(frames)) == 2
+    assert with_distractor >= 20  # the distractor is there, and is not what counts
 
 
 def test_text_sentences_never_mention_heldout_pairs():
@@ -302,11 +353,50 @@ def test_text_sentences_never_mention_heldout_pairs():
     mentioned = 0
     for split in HOLDOUT:
         for s in samples("text", split, 100):
-            sentence = s["conversations"][0]["value"]
+            sentence = text_of(s)
             pairs, tones = pairs_in_text(sentence), set(TONE_RE.findall(sentence))
             assert not pairs & world.HELDOUT_PAIRS and not tones & HELDOUT_TONES, (s["id"], sentence)
             mentioned += bool(pairs or tones)
     assert mentioned > 100
+
+
+POSITION_RE = "|".join(sorted(world.POSITIONS, key=len, reverse=True))  # "top left" before "top"
+SCENE_RE = re.compile(rf"a ({'|'.join(world.SIZES)}) (\w+) (\w+) at the ({POSITION_RE})\b")
+
+
+def test_text_conversations_answer_from_the_described_scene():
+    """Some text samples use the human/gpt template: the scene and a question, its answer, and in
+    some a second, different question; every answer is right for the scene the human turn describes."""
+    templates = Counter()
+    for s in samples("text", "train", 200):
+        turns = [t["value"] for t in s["conversations"]]
+        if len(turns) == 1:
+            continue
+        templates[len(turns)] += 1
+        described, question = turns[0].rsplit(". ", 1)
+        scene = [world.Obj(world.POSITIONS.index(p), c, sh, z) for z, c, sh, p in SCENE_RE.findall(described)]
+        assert world.describe(scene) == described, s["id"]
+        questions = [question] + turns[2::2]
+        assert len(set(questions)) == len(questions), s["id"]
+        for q, answer in zip(questions, turns[1::2]):
+            if q == "how many shapes are there?":
+                assert answer == tasks.NUMBERS[len(scene)], s["id"]
+                continue
+            (match, asks), = [(re.fullmatch(p, q), a) for p, a in QUESTIONS if re.fullmatch(p, q)]
+            (o,) = [o for o in scene if all(getattr(o, k) == v for k, v in match.groupdict().items())]
+            assert answer == (world.POSITIONS[o.cell] if asks == "position" else getattr(o, asks)), s["id"]
+    assert templates[2] >= 10 and templates[4] >= 10, templates
+
+
+def test_compose_declaration_matches_the_tasks():
+    """tasks.COMPOSE names exactly the tasks that accept split="compose"."""
+    for task in TASKS:
+        if task in tasks.COMPOSE:
+            get_sample(task, "compose", 0)
+        else:
+            with pytest.raises(ValueError, match="no compose split"):
+                get_sample(task, "compose", 0)
+    assert set(TASKS) - tasks.COMPOSE == NO_COMPOSE
 
 
 @pytest.mark.parametrize("task", sorted(NO_COMPOSE))
@@ -546,7 +636,7 @@ def test_prompt_splits_off_the_answer_and_ends_in_sep():
         assert head["media"] == s["media"][:len(markers_in(text_of(head)))]
     assert Collator.prompt(samples("text_to_image", "train", 1)[0])[0]["media"] == []  # the image is the answer
     with pytest.raises(ValueError, match="prompt then a final gpt answer"):
-        Collator.prompt(samples("text", "train", 1)[0])
+        Collator.prompt(next(s for s in samples("text", "train", 20) if len(s["conversations"]) == 1))
 
 
 # ----------------------------------------------------------------------------- 7. loader

@@ -4,7 +4,7 @@ import numpy as np
 
 from data.sound import (
     AUDIO_SECONDS, BEEPS, DIGITS, MAX_DIGITS, PITCHES, SAMPLE_RATE, SPEECH_SECONDS, TIMBRES,
-    PITCH_BANDS, render_speech, render_tones, sample_tones, sample_utterance,
+    PITCH_BANDS, Beep, render_speech, render_tones, sample_tones, sample_utterance,
 )
 
 def rng(seed):
@@ -24,14 +24,27 @@ def tones(seed):
     content = sample_tones(r)
     return content, render_tones(content, r)
 
+def beep_segments(x):
+    """The beeps of a clip as windowed sample arrays: stretches where the RMS envelope (5 ms
+    frames) is above 30% of its peak, separated by silence. Also whether the clip ends silent."""
+    hop = SAMPLE_RATE // 200
+    env = np.sqrt((x.reshape(-1, hop) ** 2).mean(1))
+    on = np.concatenate([[False], env > 0.3 * env.max(), [False]])
+    starts, ends = np.nonzero(on[1:] & ~on[:-1])[0], np.nonzero(on[:-1] & ~on[1:])[0]
+    return [x[a * hop:b * hop] * np.hanning((b - a) * hop) for a, b in zip(starts, ends)], not on[-2]
+
+def spectrum(seg):
+    """Power spectrum of a segment zero-padded to 1 s (1 Hz bins), and its frequencies."""
+    return np.abs(np.fft.rfft(seg, SAMPLE_RATE)) ** 2, np.fft.rfftfreq(SAMPLE_RATE, 1 / SAMPLE_RATE)
+
 # -----------------------------------------------------------------------------
 
 def test_sampled_content_is_valid_and_covers_everything():
     t = [sample_tones(rng(s)) for s in range(300)]
-    assert {c["pitch"] for c in t} == set(PITCHES)
-    assert {c["timbre"] for c in t} == set(TIMBRES)
-    assert {c["beeps"] for c in t} == set(BEEPS)
-    assert all(type(c["beeps"]) is int for c in t)
+    assert {len(c) for c in t} == set(BEEPS)
+    assert all(type(b) is Beep for c in t for b in c)
+    assert {b for c in t for b in c} == {(p, q) for p in PITCHES for q in TIMBRES}  # all nine beeps
+    assert {b for s in range(50) for b in sample_tones(rng(s), [Beep("low", "sine")])} == {("low", "sine")}
     u = [sample_utterance(rng(s))["digits"] for s in range(300)]
     assert {len(d) for d in u} == set(range(1, MAX_DIGITS + 1))
     assert {w for d in u for w in d} == set(DIGITS)
@@ -54,23 +67,24 @@ def test_determinism_shapes_and_ranges():
             assert np.abs(x).max() > 0.2  # not silent
 
 def test_tones_beep_count_and_pitch():
-    for seed in range(50):
+    for seed in range(80):
         content, x = tones(seed)
-        # count beeps: RMS envelope in 5 ms frames, thresholded at 30% of its peak
-        env = np.sqrt((x.reshape(-1, SAMPLE_RATE // 200) ** 2).mean(1))
-        on = env > 0.3 * env.max()
-        onsets = int(on[0]) + int(np.sum(on[1:] & ~on[:-1]))
-        assert onsets == content["beeps"], (seed, content)
-        assert not on[-1]  # the last beep has ended inside the clip
-        # the strongest frequency is the fundamental, inside the pitch band (1 Hz bins)
-        peak = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)[np.abs(np.fft.rfft(x)).argmax()]
-        lo, hi = PITCH_BANDS[content["pitch"]]
-        assert lo - 2 <= peak <= hi + 2, (seed, content, peak)
+        if seed % 2:  # the longest clips too: four beeps
+            r = rng(seed)
+            content = tuple(Beep(PITCHES[r.integers(3)], TIMBRES[r.integers(3)]) for _ in range(4))
+            x = render_tones(content, r)
+        segments, ends_silent = beep_segments(x)
+        assert len(segments) == len(content), (seed, content)
+        assert ends_silent  # the last beep has ended inside the clip
+        for seg, beep in zip(segments, content):
+            # each beep's strongest frequency is its fundamental, inside its own pitch band
+            power, f = spectrum(seg)
+            lo, hi = PITCH_BANDS[beep.pitch]
+            assert lo - 5 <= f[power.argmax()] <= hi + 5, (seed, content, f[power.argmax()])
 
-def overtones(x):
-    """Fractions of a clip's harmonic energy in odd (3, 5, ...) and even (2, 4, ...) overtones."""
-    power = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
+def overtones(seg):
+    """Fractions of a beep's harmonic energy in odd (3, 5, ...) and even (2, 4, ...) overtones."""
+    power, f = spectrum(seg)
     f0 = f[power.argmax()]
     energy = {k: power[np.abs(f - k * f0) < f0 / 4].sum() for k in range(1, int(f[-1] / f0) + 1)}
     total = sum(energy.values())
@@ -79,18 +93,22 @@ def overtones(x):
     return odd, even
 
 def test_timbres_are_distinguishable():
-    # sine has no overtones, square only odd ones (~12-20% of the energy), saw also even ones (~20%+)
-    for seed in range(60):
+    # sine has no overtones, square only odd ones (~12-20% of the energy), saw also even ones (~20%+);
+    # each beep of a clip has its own timbre
+    for seed in range(40):
         r = rng(seed)
-        timbre = TIMBRES[seed % 3]
-        content = {"pitch": PITCHES[r.integers(3)], "beeps": int(r.integers(1, 5)), "timbre": timbre}
-        odd, even = overtones(render_tones(content, r))
-        if timbre == "sine":
-            assert odd + even < 0.02, (seed, content, odd, even)
-        elif timbre == "square":
-            assert odd > 0.08 and even < 0.02, (seed, content, odd, even)
-        else:
-            assert even > 0.1, (seed, content, odd, even)
+        n = int(r.integers(1, 5))
+        content = tuple(Beep(PITCHES[r.integers(3)], TIMBRES[(seed + k) % 3]) for k in range(n))
+        segments, _ = beep_segments(render_tones(content, r))
+        assert len(segments) == len(content), (seed, content)
+        for seg, beep in zip(segments, content):
+            odd, even = overtones(seg)
+            if beep.timbre == "sine":
+                assert odd + even < 0.02, (seed, content, odd, even)
+            elif beep.timbre == "square":
+                assert odd > 0.08 and even < 0.02, (seed, content, odd, even)
+            else:
+                assert even > 0.1, (seed, content, odd, even)
 
 def test_speech_needs_the_time_axis():
     # the same words in another order, same speaker: the same sounds, at different times
