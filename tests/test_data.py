@@ -408,6 +408,21 @@ def test_analyser_recovers_rendered_scenes(size):
     assert hits >= 297, hits
 
 
+def test_degrade_and_psnr():
+    """degrade returns a new uint8 image of the same shape, reproducibly from the rng, and rejects an
+    unknown kind; psnr is inf for identical images and 20 dB for an error of 25.5 everywhere."""
+    img = world.render_scene(world.sample_scene(np.random.default_rng(0)), np.random.default_rng(0))
+    keep = img.copy()
+    for kind in world.DEGRADATIONS:
+        a, b = (world.degrade(img, np.random.default_rng(3), kind) for _ in range(2))
+        assert a.dtype == np.uint8 and a.shape == img.shape and (a == b).all() and (a != img).any(), kind
+    assert (img == keep).all()
+    with pytest.raises(ValueError, match="unknown degradation"):
+        world.degrade(img, np.random.default_rng(0), "smudge")
+    assert world.psnr(img, img) == float("inf")
+    assert world.psnr(np.zeros((4, 4, 3)), np.full((4, 4, 3), 25.5)) == pytest.approx(20.0)
+
+
 # ----------------------------------------------------------------------------- 6. collation
 
 COLLATE = Collator(TOK, MEDIA_TOKENS)
