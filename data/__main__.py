@@ -3,6 +3,8 @@
     python -m data [--out contact_sheet.png] [--seed 0]     a contact sheet: a few samples per task
     python -m data write --task vqa --split train --n 100 --out DIR     a dataset folder (data/folder.py)
     python -m data speed [--batch 64]      time a batch of mixed samples of every task, on one core
+    python -m data analyser [--n 1000] [--seed 0]     how often world.analyse_image reads a scene exactly,
+                                           on clean renders and on each of world.degrade's kinds
 """
 import argparse
 import textwrap
@@ -10,6 +12,7 @@ import textwrap
 import numpy as np
 from matplotlib.figure import Figure
 
+from . import world
 from .folder import write_folder
 from .sound import SAMPLE_RATE
 from .tasks import SPLITS, TASKS, get_sample
@@ -108,6 +111,23 @@ def speed(batch, seed=0, repeats=5):
     return sorted(times)[repeats // 2]
 
 
+def analyser(n, seed=0):
+    """One line per kind of image (clean renders, then each world.degrade kind): the fraction of n
+    random scenes that world.analyse_image reads back exactly, and the mean PSNR against the render."""
+    lines = []
+    for kind in ("clean",) + world.DEGRADATIONS:
+        scenes, spoil = np.random.default_rng(seed), np.random.default_rng(seed + 1)  # same scenes per kind
+        hits, db = 0, []
+        for _ in range(n):
+            scene = world.sample_scene(scenes)
+            img = world.render_scene(scene, scenes)
+            seen = img if kind == "clean" else world.degrade(img, spoil, kind)
+            hits += world.analyse_image(seen) == scene
+            db.append(world.psnr(seen, img))
+        lines.append(f"{kind:>6}: {hits}/{n} = {hits / n:.3f} scenes read exactly, mean PSNR {np.mean(db):.1f} dB")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,11 +142,16 @@ def main():
     w.add_argument("--seed", type=int, default=0)
     sp = sub.add_parser("speed", help="time generating and collating a batch of mixed samples")
     sp.add_argument("--batch", type=int, default=64)
+    an = sub.add_parser("analyser", help="how often the image analyser reads a scene exactly, clean and degraded")
+    an.add_argument("--n", type=int, default=1000)
+    an.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.command == "speed":
         t = speed(args.batch)
         print(f"{args.batch} samples mixed over {len(TASKS)} tasks, generated and collated on one core: "
               f"{1e3 * t:.0f} ms ({args.batch / t:,.0f} samples/s)")
+    elif args.command == "analyser":
+        print("\n".join(analyser(args.n, args.seed)))
     elif args.command == "write":
         print(f"wrote {write_folder(args.folder, args.task, args.split, args.n, args.seed)}")
     else:
