@@ -24,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import train
+from data.errors import UserError
 from data import IGNORE, Mixture
 
 # Config overrides and the synthetic batch of each benchmark size, per model. A batch is `batch` rows
@@ -199,7 +200,7 @@ def time_to_accuracy(name, args, mod):
     """Train the default recipe; minutes (the train log's clock) until the last phase's val score
     first reached the model's bar on every task, and the final test results."""
     out = os.path.join(args.out_dir, name)
-    flags = ["--model", name, "--out_dir", out, "--device", args.device, "--dtype", args.dtype,
+    flags = ["--model", name, "--out_dir", out, "--overwrite", "--device", args.device, "--dtype", args.dtype,
              "--threads", str(args.threads)] + ["--compile"] * args.compile
     results = train.main(flags)
     (bar, minutes), last, clock, reached = BARS[name], list(mod.PHASES)[-1], 0.0, None
@@ -264,19 +265,26 @@ def table(report):
 
 
 def main(argv=None):
-    args, extra = build_parser().parse_known_args(argv)
+    try:
+        return bench(*build_parser().parse_known_args(argv))
+    except UserError as e:  # something the user gave is wrong: one line; a bug keeps its traceback
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def bench(args, extra):
     if args.size != "default" and args.size not in SIZES:
-        raise SystemExit(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}, default")
+        raise UserError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}, default")
     torch.set_num_threads(args.threads)
     report, kind = {"size": args.size, "models": {}}, None  # kind: (device, dtype) the models ran in
     for name in args.model.split(","):
         if name not in train.MODELS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(train.MODELS)}")
+            raise UserError(f"unknown model {name!r}; choose from {', '.join(train.MODELS)}")
         try:
             train.model_module(name)
             skip = None if args.size == "default" or name in SIZES[args.size] else \
                 f"no {args.size!r} entry for it in bench.SIZES"
-        except SystemExit as e:  # a model not written yet
+        except UserError as e:  # a model not written yet
             skip = str(e)
         if skip:
             report["models"][name] = {"skipped": skip}

@@ -12,6 +12,7 @@ grey: no truth), with the media the model generated (a drawn image) beside the p
 """
 import argparse
 import os
+import sys
 import textwrap
 import wave
 from collections import Counter
@@ -25,6 +26,7 @@ from PIL import Image
 
 import train
 from data import SPLITS, TASKS, Collator, get_sample, judge
+from data.errors import UserError
 from data.judges import judge_name
 from data.__main__ import show_media
 from data.folder import MARKER, read_frames, read_wav
@@ -68,34 +70,34 @@ def toy_prompts(args, phase, phases):
     (the task: --task, else the phase's first judged task that has such samples)."""
     for task in [args.task] if args.task else train.eval_tasks(phases[phase]):
         if task not in TASKS:
-            raise SystemExit(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+            raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         try:  # a text sample may be a bare sentence: look a little further for n with a prompt
             found = list(islice(filter(train.has_answer, (get_sample(task, args.split, i, args.seed)
                                                           for i in range(20 * args.n))), args.n))
-        except ValueError as e:  # e.g. a task with no compose split
-            raise SystemExit(f"cannot ask {task!r} questions: {e}")
+        except UserError as e:  # e.g. a task with no compose split
+            raise UserError(f"cannot ask {task!r} questions: {e}")
         if found:
             return [Collator.prompt(s) for s in found]
-    raise SystemExit(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
+    raise UserError(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
 
 
 def user_prompt(args):
     """[(prompt sample, None)] of the files on the command line and the prompt."""
     files = {m: getattr(args, m) for m in USER_MEDIA if getattr(args, m)}
     if not args.prompt:
-        raise SystemExit(f"--prompt is needed with --{' / --'.join(files)}: what should the model answer?")
+        raise UserError(f"--prompt is needed with --{' / --'.join(files)}: what should the model answer?")
     text = "".join(f"<{m}> " for m in files if f"<{m}>" not in args.prompt) + args.prompt
     order = MARKER.findall(text)
     if sorted(order) != sorted(files):
-        raise SystemExit(f"the prompt's markers {order} do not match the files given ({', '.join(files) or 'none'})")
+        raise UserError(f"the prompt's markers {order} do not match the files given ({', '.join(files) or 'none'})")
     media = []
     for m in order:
         if not os.path.isfile(files[m]):
-            raise SystemExit(f"--{m} {files[m]!r}: no such file")
+            raise UserError(f"--{m} {files[m]!r}: no such file")
         try:
             data = read_frames(files[m], 1, IMAGE_SIZE)[0] if m == "image" else read_wav(files[m], m)
         except (OSError, ValueError, EOFError, wave.Error) as e:
-            raise SystemExit(f"cannot read --{m} {files[m]!r} ({e}); it must be "
+            raise UserError(f"cannot read --{m} {files[m]!r} ({e}); it must be "
                              f"{'an image Pillow reads' if m == 'image' else 'a PCM wav'}")
         media.append({"type": m, "data": data})
     sample = {"id": "user", "task": "user", "kind": "user", "media": media,
@@ -166,13 +168,17 @@ def by_shapes(rows):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.n < 1:
-        raise SystemExit("--n must be at least 1")
     try:
-        model, tok, ck = train.load_model(args.checkpoint, args.device)
-    except (ValueError, KeyError) as e:  # wrong shapes or keys, or not a train.py checkpoint at all
-        raise SystemExit(f"cannot load {args.checkpoint!r}: {type(e).__name__}: {e}")
+        return sample(build_parser().parse_args(argv))
+    except UserError as e:  # something the user gave is wrong: one line; a bug keeps its traceback
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def sample(args):
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    model, tok, ck = train.load_model(args.checkpoint, args.device)
     torch.manual_seed(args.seed)
     collator = Collator(tok, model.media_tokens, getattr(model.cfg, "max_seq", None))
     own = args.prompt or any(getattr(args, m) for m in USER_MEDIA)
@@ -182,8 +188,8 @@ def main(argv=None):
     try:
         replies, made = train.answer(model, collator, [p for p, _ in prompts], max_new, args.device,
                                      args.temperature, args.top_k)
-    except ValueError as e:  # e.g. a modality this model does not take, or a prompt too long
-        raise SystemExit(f"cannot answer: {e}")
+    except UserError as e:  # e.g. a modality this model does not take, or a prompt too long
+        raise UserError(f"cannot answer: {e}")
     rows = []
     for (p, t), r, m in zip(prompts, replies, made):  # a truth is judged against the whole sample
         whole = None if t is None else {**p, "conversations": p["conversations"] + [{"from": "gpt", "value": t}]}

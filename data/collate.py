@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .errors import UserError
 from .tasks import get_sample
 from .tokenizer import MEDIA
 
@@ -44,6 +45,24 @@ class Mixture(Dataset):
         u = np.random.default_rng([self.seed, 7, i]).random()
         task = self.names[min(int(np.searchsorted(self.cum, u, side="right")), len(self.names) - 1)]
         return get_sample(task, self.split, i, self.seed)
+
+
+class Epochs(Dataset):
+    """`length` items read from a dataset in epochs: every item once per epoch, in an order shuffled
+    anew each epoch from the seed. Item g is a pure function of (g, seed), so the data position of
+    a resumed run is just an index, as with Mixture."""
+
+    def __init__(self, dataset, length, seed=0):
+        self.dataset, self.length, self.seed, self.order = dataset, length, seed, {}
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, g):
+        epoch, k = divmod(g, len(self.dataset))
+        if epoch not in self.order:
+            self.order = {epoch: np.random.default_rng([self.seed, 11, epoch]).permutation(len(self.dataset))}
+        return self.dataset[int(self.order[epoch][k])]
 
 
 def media_tensor(kind, data):
@@ -88,21 +107,22 @@ class Collator:
         kinds = [self.marker[i] for i in ids if i in self.marker]
         given = [m["type"] for m in sample["media"]]
         if kinds != given:
-            raise ValueError(f"sample {sample.get('id')}: the text's media markers {kinds} do not match its "
+            raise UserError(f"sample {sample.get('id')}: the text's media markers {kinds} do not match its "
                              f"media {given}; write one <{'>/<'.join(MEDIA)}> marker per media item, in order")
         out_ids, out_loss = [], []
         for i, l in zip(ids, loss):
             n = 1
             if i in self.marker:
                 if self.marker[i] not in self.media_tokens:
-                    raise ValueError(f"sample {sample.get('id')}: this model takes no {self.marker[i]} "
+                    raise UserError(f"sample {sample.get('id')}: this model takes no {self.marker[i]} "
                                      f"(it accepts {sorted(self.media_tokens)})")
                 # the model fills these; they carry loss only if the model predicts this modality
                 n, l = self.media_tokens[self.marker[i]], l and self.marker[i] in self.media_targets
             out_ids += [i] * n
             out_loss += [l] * n
         if self.max_len and len(out_ids) > self.max_len + 1:
-            raise ValueError(f"sample {sample.get('id')}: {len(out_ids)} tokens exceed max_len={self.max_len}")
+            raise UserError(f"sample {sample.get('id')}: {len(out_ids)} positions, more than the model's max_seq="
+                            f"{self.max_len} + 1; shorten it, or raise --max_seq")
         return out_ids, out_loss
 
     def length(self, text):
@@ -115,7 +135,7 @@ class Collator:
         Encoding the first gives the prompt ids, ending in <sep>: where the model must answer."""
         *head, last = sample["conversations"]
         if last["from"] != "gpt" or not head:
-            raise ValueError(f"sample {sample.get('id')}: evaluation needs a prompt then a final gpt answer")
+            raise UserError(f"sample {sample.get('id')}: evaluation needs a prompt then a final gpt answer")
         n = sum(t["value"].count(f"<{m}>") for t in head for m in MEDIA)
         return {**sample, "conversations": head, "media": sample["media"][:n]}, last["value"]
 

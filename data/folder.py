@@ -1,20 +1,21 @@
-"""Datasets on disk: a folder of JSONL records plus media files, LLaVA-style.
+"""Datasets on disk: JSONL records (or LLaVA's own JSON array) plus media files.
 
     DIR/data.jsonl     one record per line:
         {"id": "vqa/train/0", "task": "vqa", "kind": "colour",
          "conversations": [{"from": "human", "value": "<image> what colour is the circle?"},
                            {"from": "gpt", "value": "red"}],
          "media": [{"type": "image", "path": "images/0.png"}]}
-    DIR/images/0.png   any size or mode; read as RGB and resized to image_size x image_size
+    DIR/images/0.png   any size or mode (EXIF orientation applied); read as RGB, resized to image_size
     DIR/videos/0.png   the frames side by side in one strip; the media entry says "frames": F
     DIR/audio/0.wav    PCM wav, any rate or channel count; read as mono at sound.SAMPLE_RATE
     DIR/speech/0.wav   and padded or trimmed to the clip length of its modality
 
-LLaVA's own shorthand for one image, {"image": "coco/0001.jpg", "conversations": [...]}, is read
-too; "task" defaults to the folder's name, "kind" to the task and "id" to "<folder>/<line>".
-`write_folder` writes the toy world in this format and `Folder` reads it back into samples exactly
-as data.tasks makes them, so the same Collator and training loop run on the toy world and on user
-data alike.
+LLaVA's shorthand for one image, {"image": "coco/0001.jpg", "conversations": [...]}, is read too,
+and so is LLaVA's file as it is: a JSON array of such records (llava_instruct_150k.json) beside, or
+with `image_folder` pointing at, its images. "task" defaults to the file's name, "kind" to the
+task and "id" to "<name>/<line or record>". `write_folder` writes the toy world in this format and
+`Folder` reads it back into samples exactly as data.tasks makes them, so the same Collator and
+training loop run on the toy world and on user data alike.
 """
 import json
 import os
@@ -22,10 +23,11 @@ import re
 import wave
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from . import sound, world
+from .errors import UserError
 from .tasks import get_sample
 from .tokenizer import MEDIA
 
@@ -106,9 +108,10 @@ def fit(im, size):
 
 def read_frames(path, frames, size):
     """An image file cut into `frames` equal pieces side by side: uint8 (frames, size, size, 3).
-    A single image is one frame; a video is a strip of them."""
+    A single image is one frame; a video is a strip of them. EXIF orientation is applied, so a
+    photo taken sideways is read upright."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = ImageOps.exif_transpose(im).convert("RGB")
     w, h = im.size
     if w % frames:
         raise ValueError(f"its width {w} is not a multiple of its {frames} frames")
@@ -116,75 +119,128 @@ def read_frames(path, frames, size):
     return np.stack([fit(im.crop((f * step, 0, (f + 1) * step, h)), size) for f in range(frames)])
 
 
-class Folder(Dataset):
-    """The samples of a dataset folder (see the module docstring). Every record is checked when
-    the folder is opened; media are loaded on access."""
-
-    def __init__(self, path, image_size=world.IMAGE_SIZE):
-        self.path, self.image_size = path, image_size
-        self.name = os.path.basename(os.path.normpath(path))
-        self.file = os.path.join(path, "data.jsonl")
-        if not os.path.isfile(self.file):
-            raise ValueError(f"{self.file} does not exist: a dataset folder needs one JSON record per line "
-                             f"in data.jsonl (if write_folder was interrupted, run it again)")
-        self.records = []
-        with open(self.file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    self.records.append(self.check(line, line_no))
-
-    def fail(self, line_no, rid, problem):
-        record = f"line {line_no}" if rid is None else f"line {line_no} (id {rid!r})"
-        raise ValueError(f"{self.file} {record}: {problem}")
-
-    def check(self, line, line_no):
-        """Parse and validate one record; returns (line_no, sample without media data)."""
+def read_records(file):
+    """[(where, record)] of a JSONL file (one record a line) or a JSON array (LLaVA's own format,
+    e.g. llava_instruct_150k.json), and the problems found, each as (where, id, problem)."""
+    with open(file, "rb") as f:
+        raw = f.read()
+    if file.endswith(".json"):
         try:
-            r = json.loads(line)
+            records = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return [], [(f"byte {e.start}", None, "not UTF-8 text; save the file as UTF-8")]
         except json.JSONDecodeError as e:
-            self.fail(line_no, None, f"not valid JSON ({e.msg} at column {e.colno}); "
-                                     f"write one JSON object per line")
+            return [], [(f"line {e.lineno}", None, f"not valid JSON ({e.msg} at column {e.colno})")]
+        if not isinstance(records, list):
+            return [], [("the file", None, "a .json dataset must be a JSON array of records, as LLaVA's")]
+        return [(f"record {k}", r) for k, r in enumerate(records)], []
+    found, bad = [], []
+    for line_no, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.append((f"line {line_no}", None, f"not UTF-8 text (byte {e.start}); save the file as UTF-8"))
+            continue
+        if not line.strip():
+            continue
+        try:
+            found.append((f"line {line_no}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            bad.append((f"line {line_no}", None, f"not valid JSON ({e.msg} at column {e.colno}); "
+                                                 f"write one JSON object per line"))
+    return found, bad
+
+
+def readable(path, kind):
+    """None if a media file decodes, else why not. Images are decoded at reduced size (fast), so a
+    truncated or corrupt file is caught here rather than mid-run."""
+    try:
+        if kind in ("image", "video"):
+            with Image.open(path) as im:
+                im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 size at most
+                im.load()
+        else:
+            with wave.open(path, "rb") as f:
+                f.readframes(f.getnframes())
+    except (OSError, ValueError, EOFError, wave.Error, SyntaxError) as e:
+        return f"{e} ({'an image Pillow reads' if kind in ('image', 'video') else 'a PCM wav'} is needed)"
+    return None
+
+
+class Folder(Dataset):
+    """The samples of a dataset: a folder holding data.jsonl, or a .jsonl / .json file itself
+    (media paths are relative to its folder, or to `image_folder`, LLaVA's --image_folder). Every
+    record is checked when it is opened, media decoded included, and every bad one is reported in
+    one error with its file, line and id; media are loaded on access."""
+
+    def __init__(self, path, image_size=world.IMAGE_SIZE, image_folder=None):
+        path = os.path.normpath(path)
+        self.file = path if os.path.isfile(path) else os.path.join(path, "data.jsonl")
+        self.path = image_folder or os.path.dirname(self.file)
+        self.name, self.image_size = os.path.splitext(os.path.basename(path))[0], image_size
+        if not os.path.isfile(self.file):
+            raise UserError(f"{self.file} does not exist: give a dataset folder holding data.jsonl (one JSON record "
+                            f"per line), or a .jsonl or .json file (if write_folder was interrupted, run it again)")
+        found, bad = read_records(self.file)
+        self.records = []
+        for where, r in found:
+            problem, rid, sample = self.check(r, where)
+            if problem:
+                bad.append((where, rid, problem))
+            else:
+                self.records.append((where, sample))
+        if bad:
+            listed = "\n".join(f"  {w}{'' if rid is None else f' (id {rid!r})'}: {p}" for w, rid, p in bad[:20])
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise UserError(f"{self.file}: {len(bad)} bad record{'s' * (len(bad) > 1)}\n{listed}{more}")
+        if not self.records:
+            raise UserError(f"{self.file} holds no records: write one JSON object per line")
+
+    def check(self, r, where):
+        """(problem or None, id, sample without media data) of one record."""
         if not isinstance(r, dict):
-            self.fail(line_no, None, "a record must be a JSON object")
-        rid = str(r["id"]) if "id" in r else f"{self.name}/{line_no}"
+            return "a record must be a JSON object", None, None
+        rid = str(r["id"]) if "id" in r else f"{self.name}/{where.split()[-1]}"
         convs = r.get("conversations")
         if not isinstance(convs, list) or not convs:
-            self.fail(line_no, rid, 'missing "conversations": give a non-empty list of {"from", "value"} turns')
+            return 'missing "conversations": give a non-empty list of {"from", "value"} turns', rid, None
         for t in convs:
             if not (isinstance(t, dict) and t.get("from") in ("human", "gpt") and isinstance(t.get("value"), str)):
-                self.fail(line_no, rid, f'bad turn {t!r}: each turn needs "from" ("human" or "gpt") and '
-                                        f'a string "value"')
+                return f'bad turn {t!r}: each turn needs "from" ("human" or "gpt") and a string "value"', rid, None
         if "image" in r and "media" in r:
-            self.fail(line_no, rid, 'give either "image" (one image path) or a "media" list, not both')
+            return 'give either "image" (one image path) or a "media" list, not both', rid, None
         media = [{"type": "image", "path": r["image"]}] if "image" in r else r.get("media", [])
         if not isinstance(media, list):
-            self.fail(line_no, rid, '"media" must be a list of {"type", "path"} entries')
+            return '"media" must be a list of {"type", "path"} entries', rid, None
         for m in media:
             if not (isinstance(m, dict) and isinstance(m.get("path"), str) and "type" in m):
-                self.fail(line_no, rid, f'bad media entry {m!r}: it needs a "type" and a string "path"')
+                return f'bad media entry {m!r}: it needs a "type" and a string "path"', rid, None
             if m["type"] not in MEDIA:
-                self.fail(line_no, rid, f"unknown media type {m['type']!r}; expected one of {MEDIA}")
-            if not os.path.isfile(os.path.join(self.path, m["path"])):
-                self.fail(line_no, rid, f"media file {m['path']!r} not found (paths are relative to {self.path})")
+                return f"unknown media type {m['type']!r}; expected one of {MEDIA}", rid, None
+            file = os.path.join(self.path, m["path"])
+            if not os.path.isfile(file):
+                return f"media file {m['path']!r} not found (paths are relative to {self.path})", rid, None
             if m["type"] == "video" and not (isinstance(m.get("frames"), int) and m["frames"] > 0):
-                self.fail(line_no, rid, f'video {m["path"]!r} needs "frames": the number of frames in its strip')
+                return f'video {m["path"]!r} needs "frames": the number of frames in its strip', rid, None
+            why = readable(file, m["type"])
+            if why:
+                return f"cannot read {m['type']} {m['path']!r}: {why}", rid, None
         markers = [k for t in convs for k in MARKER.findall(t["value"])]
         types = [m["type"] for m in media]
         if markers != types:
-            self.fail(line_no, rid, f"the text's media markers {markers} do not match its media {types}; "
-                                    f"write one <type> marker per media item, in order")
+            return (f"the text's media markers {markers} do not match its media {types}; write one <type> "
+                    f"marker per media item, in order"), rid, None
         task = r.get("task", self.name)
-        return line_no, {"id": rid, "task": task, "kind": r.get("kind", task), "conversations": convs,
-                         "media": media}
+        return None, rid, {"id": rid, "task": task, "kind": r.get("kind", task), "conversations": convs, "media": media}
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, i):
-        line_no, s = self.records[i]
-        return {**s, "media": [{"type": m["type"], "data": self.load(m, line_no, s["id"])} for m in s["media"]]}
+        where, s = self.records[i]
+        return {**s, "media": [{"type": m["type"], "data": self.load(m, where, s["id"])} for m in s["media"]]}
 
-    def load(self, m, line_no, rid):
+    def load(self, m, where, rid):
         path = os.path.join(self.path, m["path"])
         try:
             if m["type"] == "image":
@@ -192,6 +248,5 @@ class Folder(Dataset):
             if m["type"] == "video":
                 return read_frames(path, m["frames"], world.VIDEO_SIZE)
             return read_wav(path, m["type"])
-        except (OSError, ValueError, EOFError, wave.Error) as e:
-            fmt = "an image Pillow reads" if m["type"] in ("image", "video") else "a PCM wav"
-            self.fail(line_no, rid, f"cannot read {m['type']} {m['path']!r} ({e}); it must be {fmt}")
+        except (OSError, ValueError, EOFError, wave.Error) as e:  # changed on disk since it was checked
+            raise UserError(f"{self.file} {where} (id {rid!r}): cannot read {m['type']} {m['path']!r} ({e})")

@@ -28,6 +28,7 @@ import zlib
 import numpy as np
 
 from . import sound, world
+from .errors import UserError
 
 SPLITS = ("train", "val", "test", "compose")
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -47,9 +48,9 @@ def draw(task, split, index, seed, sample, novel=None):
     the hash sends to train/val/test, None for content of no split. Returns the content and the
     rng, to be used for the rest."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise UserError(f"unknown split {split!r}; expected one of {SPLITS}")
     if split == "compose" and novel is None:
-        raise ValueError(f"task {task!r} has no compose split (no held-out combinations)")
+        raise UserError(f"task {task!r} has no compose split (no held-out combinations)")
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), SPLITS.index(split), index])
     for _ in range(100_000):
         content = sample(rng)
@@ -294,7 +295,7 @@ COMPOSE = set(TASKS) - {"speech", "text"}  # the tasks with held-out combination
 
 def get_sample(task, split, index, seed=0):
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
     return TASKS[task](split, index, seed)
 
 

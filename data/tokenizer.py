@@ -11,6 +11,7 @@ spelled in bytes, so nothing is ever lost. A newline is a token too, and like a 
 """
 import json
 import re
+from collections import Counter
 
 from .tasks import PUNCTUATION, WORDS
 
@@ -79,6 +80,15 @@ class Tokenizer:
         if buf:
             out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
+
+    def fit(self, texts, min_count=2):
+        """This tokenizer grown by every word seen at least min_count times in `texts` that it lacks
+        (most frequent first). The old ids stay what they were and the new words come after them,
+        so a checkpoint trained with this tokenizer can be fine-tuned with the grown one: its
+        embedding gains rows for the new words and keeps the others."""
+        counts = Counter(w for t in texts for w in re.findall(r"[A-Za-z0-9]+", t) if w not in self.stoi)
+        new = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return Tokenizer(self.words + new, self.punctuation, self.specials)
 
     def save(self, path):
         with open(path, "w") as f:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from data import Collator, Tokenizer
+from data.errors import UserError
 from data.folder import CLIP_LENGTH, Folder, write_folder
 from data.sound import SAMPLE_RATE
 from data.tasks import TASKS, get_sample
@@ -100,26 +101,69 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_record_names_line_and_id(tmp_path, case):
+def test_bad_record_names_file_line_and_id(tmp_path, case):
     record, problem = BAD[case]
     (tmp_path / "images").mkdir()
     Image.new("RGB", (64, 64)).save(tmp_path / "images/0.png")
     write_records(tmp_path, [GOOD, record])
-    with pytest.raises(ValueError, match=problem) as e:
+    with pytest.raises(UserError, match=problem) as e:
         Folder(tmp_path)
-    assert "data.jsonl line 2" in str(e.value)
+    assert "data.jsonl: 1 bad record" in str(e.value) and "line 2" in str(e.value)
     if case != "bad JSON":
         assert "'bad'" in str(e.value)
 
 
-def test_unreadable_image_and_unfinished_folder(tmp_path):
-    with pytest.raises(ValueError, match="data.jsonl does not exist"):
-        Folder(tmp_path)
+def test_every_bad_record_is_named_up_front(tmp_path):
+    """Three bad records among good ones (a corrupt image, a non-UTF-8 line, a marker mismatch) are
+    all reported, with their lines, when the folder is opened, not one at a time mid-run."""
     (tmp_path / "images").mkdir()
-    (tmp_path / "images/0.png").write_bytes(b"not a png")
-    data = Folder(write_records(tmp_path, [GOOD]))
-    with pytest.raises(ValueError, match=r"line 1 \(id 'good'\): cannot read image"):
-        data[0]
+    Image.new("RGB", (64, 64)).save(tmp_path / "images/0.png")
+    (tmp_path / "images/broken.png").write_bytes((tmp_path / "images/0.png").read_bytes()[:60])  # truncated
+    lines = [json.dumps(GOOD), json.dumps({**GOOD, "id": "cut", "media": [{"type": "image", "path": "images/broken.png"}]}),
+             json.dumps(GOOD), json.dumps({**GOOD, "id": "two", "conversations": qa("<image> <image>", "x")})]
+    (tmp_path / "data.jsonl").write_bytes(("\n".join(lines[:3]) + "\n").encode() + b'{"id": "caf\xe9"}\n'
+                                          + (lines[3] + "\n").encode())
+    with pytest.raises(UserError) as e:
+        Folder(tmp_path)
+    msg = str(e.value)
+    assert "3 bad records" in msg and "line 2 (id 'cut'): cannot read image" in msg
+    assert "line 4: not UTF-8 text" in msg and "line 5 (id 'two')" in msg
+
+
+def test_empty_and_missing_data_files(tmp_path):
+    with pytest.raises(UserError, match="data.jsonl does not exist"):
+        Folder(tmp_path)
+    (tmp_path / "data.jsonl").write_text("\n\n")
+    with pytest.raises(UserError, match="holds no records"):
+        Folder(tmp_path)
+
+
+def test_llava_json_array_is_read_as_is(tmp_path):
+    """LLaVA's own file: a JSON array of {"id", "image", "conversations"} with the images in another
+    folder (LLaVA's --image_folder)."""
+    (tmp_path / "coco").mkdir()
+    Image.new("RGB", (80, 60), "red").save(tmp_path / "coco/000001.jpg")
+    records = [{"id": "000001", "image": "000001.jpg",
+                "conversations": qa("<image>\nWhat colour is the bus?", "The bus is red.")}] * 3
+    (tmp_path / "llava_instruct.json").write_text(json.dumps(records))
+    data = Folder(tmp_path / "llava_instruct.json", image_folder=str(tmp_path / "coco"))
+    assert len(data) == 3 and data.name == "llava_instruct" and data[2]["id"] == "000001"
+    assert data[0]["media"][0]["data"].shape == (64, 64, 3) and data[0]["media"][0]["data"][0, 0, 0] > 200
+    (tmp_path / "bad.json").write_text('{"id": 1}')
+    with pytest.raises(UserError, match="must be a JSON array"):
+        Folder(tmp_path / "bad.json")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF 'rotate 90' tag is read upright."""
+    im = Image.new("RGB", (64, 32), "black")
+    im.paste((255, 0, 0), (0, 0, 32, 32))  # red on the left half of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    im.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    write_records(tmp_path, [{"image": "photo.jpg", "conversations": qa("<image> where?", "top")}])
+    pixels = Folder(tmp_path)[0]["media"][0]["data"]
+    assert pixels[:16, :, 0].mean() > 200 and pixels[-16:, :, 0].mean() < 60  # red now on top
 
 
 def test_command_line(tmp_path):

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import train
+from data import Collator, Tokenizer, get_sample
+from data.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--mlp_hidden", "64", "--vit_layers", "2",
@@ -201,7 +204,7 @@ def test_checkpoints_load_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"model": Evil()}, f)
-    with pytest.raises(SystemExit, match="unreadable or corrupt"):
+    with pytest.raises(UserError, match="unreadable or corrupt"):
         train.read_checkpoint(str(path))
 
 
@@ -219,28 +222,140 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
 
 
+def fails(capsys, argv, message):
+    """train.py exits with code 2 and one clear line on stderr, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message in err and "Traceback" not in err, err
+    return err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "gpt5"], "unknown model 'gpt5'"),
     (["--model", "llava", "--phase", "pretrain"], "unknown phase 'pretrain'"),
     (["--model", "llava", "--n_layers", "3"], "unknown flag '--n_layers'"),
     (["--model", "llava", "--n_layer", "three"], "--n_layer expects a int"),
     (["--model", "llava", "--init_from", "nowhere.pt"], "checkpoint 'nowhere.pt' not found"),
+    # zero and nonsense values are refused at parse time, never read as "the recipe's value"
+    (["--model", "llava", "--steps", "0"], "argument --steps: expects a whole number above 0, got '0'"),
+    (["--model", "llava", "--steps", "-5"], "argument --steps: expects a whole number above 0"),
+    (["--model", "llava", "--batch_size", "0"], "argument --batch_size: expects a whole number above 0"),
+    (["--model", "llava", "--grad_accum", "0"], "argument --grad_accum: expects a whole number above 0"),
+    (["--model", "llava", "--lr", "0"], "argument --lr: expects a number above 0"),
+    (["--model", "llava", "--lr=-1e-3"], "argument --lr: expects a number above 0"),
+    (["--model", "llava", "--eval_samples", "0"], "argument --eval_samples: expects a whole number above 0"),
+    (["--model", "llava", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+    (["--model", "llava", "--device", "tpu"], "argument --device: expects auto, cpu, cuda, cuda:N or mps"),
+    (["--model", "llava", "--proj_norm", "maybe"], "--proj_norm expects true/false (or 1/0, yes/no), got 'maybe'"),
+    (["--model", "llava", "--n_embd", "100", "--n_head", "3"], "bad nano_llava Config: n_embd must divide by n_head"),
+    (["--model", "llava", "--resume", "--overwrite"], "pass one"),
 ])
-def test_bad_arguments_give_clear_errors(tmp_path, argv, message):
-    with pytest.raises(SystemExit, match=message):
-        train.main([*argv, "--out_dir", str(tmp_path)])
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys, argv, message):
+    err = fails(capsys, [*argv, "--out_dir", str(tmp_path)], message)
+    assert len(err.splitlines()) == 1 and not os.listdir(tmp_path)
 
 
-def test_corrupt_checkpoint_and_config_mismatch(tmp_path, recipe):
+def test_bool_fields_take_plain_words(tmp_path):
+    for word, value in (("false", False), ("0", False), ("No", False), ("yes", True), ("1", True)):
+        _, _, overrides = train.parse_args(["--model", "llava", "--proj_norm", word])
+        assert overrides["proj_norm"] is value
+
+
+def test_corrupt_checkpoint_and_config_mismatch(tmp_path, recipe, capsys):
     out, _ = recipe
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="unreadable or corrupt"):
-        run(tmp_path, "--init_from", str(bad))
-    with pytest.raises(ValueError, match="does not fit this model"):
-        run(tmp_path, "--init_from", str(out / "instruct.pt"), "--n_embd", "64", "--steps", "1")
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        run(tmp_path / "empty", "--resume")
+    fails(capsys, ["--model", "llava", "--init_from", str(bad), "--out_dir", str(tmp_path / "a")], "unreadable or corrupt")
+    fails(capsys, ["--model", "llava", "--init_from", str(out / "instruct.pt"), "--n_embd", "64", "--out_dir",
+                   str(tmp_path / "b"), *TINY[2:]], "does not fit this model")
+    fails(capsys, ["--model", "llava", "--resume", "--out_dir", str(tmp_path / "empty")], "holds no run to resume")
+
+
+# ----------------------------------------------------------------------------- never lose a run
+
+
+def files(out):
+    """Every file of a run folder with its size and modification time."""
+    return {f: (os.path.getsize(out / f), os.path.getmtime(out / f)) for f in os.listdir(out)}
+
+
+def test_a_fresh_run_never_touches_another_runs_folder(tmp_path, capsys):
+    """Into a folder that holds a run, a fresh run is refused (naming --resume, another --out_dir and
+    --overwrite) and changes nothing; so does one whose flags fail (a missing --data), even with
+    --overwrite; --overwrite replaces the run only once everything checks out."""
+    out = tmp_path / "run"
+    run(out, "--phase", "align", "--steps", "2", "--no_final_eval")
+    before = files(out)
+    err = fails(capsys, ["--model", "llava", "--phase", "instruct", "--out_dir", str(out), *TINY], "holds another run")
+    assert "--resume" in err and "--out_dir" in err and "--overwrite" in err and files(out) == before
+    fails(capsys, ["--model", "llava", "--out_dir", str(out), "--data", str(tmp_path / "nonexistent"), "--overwrite",
+                   "--phase", "instruct", *TINY], "does not exist")
+    assert files(out) == before
+    run(out, "--phase", "instruct", "--steps", "2", "--no_final_eval", "--overwrite")
+    assert not (out / "align.pt").exists() and (out / "instruct.pt").exists()
+    assert {r["phase"] for r in map(json.loads, open(out / "log.jsonl")) if "phase" in r} == {"instruct"}
+
+
+def test_resume_continues_only_its_own_run(tmp_path, monkeypatch):
+    """The stale-resume sequence: a finished 3-step run, then (with --overwrite) a 60-step run with
+    another seed, killed in 'vision', and a checkpoint of the first run dropped into the folder.
+    --resume continues the second run from its own 'vision' checkpoint, never the foreign file."""
+    first, out = tmp_path / "first", tmp_path / "run"
+    run(first, "--steps", "3", "--batch_size", "4", "--no_final_eval")
+    save = train.Trainer.save
+
+    def killed_in_vision(self, phase, step, *a, **k):
+        save(self, phase, step, *a, **k)
+        if phase == "vision":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train.Trainer, "save", killed_in_vision)
+    args = ["--steps", "60", "--eval_every", "30", "--batch_size", "2", "--seed", "1", "--no_final_eval"]
+    with pytest.raises(KeyboardInterrupt):
+        run(out, *args)
+    monkeypatch.setattr(train.Trainer, "save", save)
+    shutil.copy(first / "instruct.pt", out / "instruct.pt")  # another run's finished checkpoint
+    run(out, *args, "--resume")
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    steps = [(r["phase"], r["step"]) for r in recs if r["kind"] == "train"]
+    assert steps[60:62] == [("vision", 1), ("vision", 2)] and steps[90:92] == [("vision", 31), ("vision", 32)]
+    assert sum(r["kind"] == "train" for r in recs) == 4 * 60
+    assert torch.load(out / "instruct.pt", weights_only=True)["run"]["seed"] == 1
+
+
+def test_resume_with_changed_flags_is_refused(tmp_path, monkeypatch, capsys):
+    """--steps 8 --resume after --steps 4 (or another seed, lr or Config field) says what differs,
+    with both values, instead of exiting having trained nothing."""
+    out = tmp_path / "run"
+    args = ["--phase", "instruct", "--steps", "4", "--batch_size", "2", "--no_final_eval", "--eval_every", "2"]
+    run(out, *args)
+    base = ["--model", "llava", "--out_dir", str(out), "--eval_samples", "8", *TINY, *args, "--resume"]
+    err = fails(capsys, [*base, "--steps", "8"], "these differ")
+    assert "phases.instruct: {'steps': 4, 'lr': 0.003, 'batch_size': 2} in the run, {'steps': 8" in err
+    assert "seed: 0 in the run, 1 now" in fails(capsys, [*base, "--seed", "1"], "these differ")
+    assert "'lr': 0.003, 'batch_size': 2} in the run, {'steps': 4, 'lr': 0.001" in fails(
+        capsys, [*base, "--lr", "1e-3"], "these differ")
+    err = fails(capsys, [*base, "--mlp_hidden", "96"], "these differ")
+    assert "config.mlp_hidden: 64 in the run, 96 now" in err
+
+
+def test_a_partial_last_log_line_is_dropped_on_resume(tmp_path, monkeypatch, capsys):
+    """A crash mid-write leaves half a JSON line: --resume drops it, says so, and goes on."""
+    args = ["--phase", "instruct", "--steps", "4", "--eval_every", "2", "--batch_size", "2", "--no_final_eval"]
+    save = train.Trainer.save
+
+    def crash(self, phase, step, *a, **k):
+        save(self, phase, step, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.Trainer, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *args)
+    monkeypatch.setattr(train.Trainer, "save", save)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"kind": "train", "phase": "instr')
+    run(tmp_path, *args, "--resume")
+    assert "dropped a partial last line" in capsys.readouterr().out
+    assert [r["step"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
 def test_time_budget_stops_a_phase_cleanly(tmp_path):
@@ -252,13 +367,87 @@ def test_time_budget_stops_a_phase_cleanly(tmp_path):
     assert [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
 
 
-def test_trains_on_an_on_disk_folder(tmp_path):
-    """--data DIR trains on a dataset folder (here written from the toy world) through the same collator."""
+# ----------------------------------------------------------------------------- your own data
+
+
+def test_trains_on_an_on_disk_folder_in_epochs(tmp_path, monkeypatch):
+    """--data reads every record of a 150-record folder once per epoch (shuffled), holds a share
+    out by a hash of the id and judges the run on those, never training on them."""
     from data import write_folder
-    folder = write_folder(str(tmp_path / "mydata"), "vqa", "train", 12)
-    run(tmp_path / "out", "--phase", "instruct", "--data", folder, "--steps", "2", "--batch_size", "4",
-        "--no_final_eval", "--eval_every", "100")
-    assert len(losses(tmp_path / "out")) == 2
+    from data.folder import Folder
+    folder = write_folder(str(tmp_path / "mydata"), "vqa", "train", 150)
+    held = {i for i, (_, s) in enumerate(Folder(folder).records) if train.held_out(s, 0.1)}
+    steps = -(-(150 - len(held)) // 4)  # one epoch
+    read = []
+    getitem = Folder.__getitem__
+    monkeypatch.setattr(Folder, "__getitem__", lambda self, i: read.append(i) or getitem(self, i))
+    res = run(tmp_path / "out", "--phase", "instruct", "--data", folder, "--steps", str(steps), "--batch_size", "4",
+              "--eval_every", "100", "--eval_samples", "30", "--final_samples", "30")
+    trained = read[:steps * 4]
+    assert 3 < len(held) < 30 and not held & set(trained)  # the held-out records are never trained on
+    assert set(trained) == set(range(150)) - held and trained != sorted(trained)  # all of them, shuffled
+    assert set(res["test"]) == {"vqa"} and res["test"]["vqa"]["kinds"]  # judged on its own records, by their task
+    evals = [r for r in map(json.loads, open(tmp_path / "out" / "log.jsonl")) if r["kind"] == "eval"]
+    assert set(evals[-1]["scores"]) == {"vqa"}
+
+
+def test_bad_records_are_all_named_before_anything_is_written(tmp_path, capsys):
+    from data import write_folder
+    folder = write_folder(str(tmp_path / "mydata"), "vqa", "train", 20)
+    lines = open(os.path.join(folder, "data.jsonl")).read().splitlines()
+    lines[3] = lines[3].replace("images/3.png", "images/missing.png")
+    lines[7] = lines[7].replace("<image>", "<image> <image>")
+    lines[11] = lines[11][:20]
+    open(os.path.join(folder, "data.jsonl"), "w").write("\n".join(lines) + "\n")
+    err = fails(capsys, ["--model", "llava", "--phase", "instruct", "--data", folder, "--out_dir",
+                         str(tmp_path / "out"), *TINY], "3 bad records")
+    assert "line 4" in err and "line 8" in err and "line 12" in err and not (tmp_path / "out").exists()
+
+
+def test_records_too_long_for_the_model_are_named_up_front(tmp_path, capsys):
+    from data import write_folder
+    folder = write_folder(str(tmp_path / "mydata"), "vqa", "train", 10)
+    err = fails(capsys, ["--model", "llava", "--phase", "instruct", "--data", folder, "--max_seq", "12", "--out_dir",
+                         str(tmp_path / "out"), *TINY], "10 records do not fit llava")
+    assert "more than the model's max_seq=12" in err and not (tmp_path / "out").exists()
+
+
+def llava_json(tmp_path, n=40):
+    """A LLaVA-style JSON array of English captions about pictures in an image folder."""
+    from PIL import Image
+    (tmp_path / "pics").mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 70, 230)}
+    records = []
+    for i in range(n):
+        name = list(colours)[i % 3]
+        Image.new("RGB", (48, 40), colours[name]).save(tmp_path / "pics" / f"{i}.jpg")
+        answer = f"The picture is {name}" + (", like a ripe tomato." if name == "red" else ".")
+        records.append({"id": f"pic{i}", "image": f"{i}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the picture?" + (" Zebra?" if i == 5 else "")},
+            {"from": "gpt", "value": answer}]})
+    (tmp_path / "captions.json").write_text(json.dumps(records))
+    return str(tmp_path / "captions.json"), str(tmp_path / "pics")
+
+
+def test_a_llava_json_array_trains_with_a_fitted_tokenizer(tmp_path, recipe):
+    """A LLaVA JSON array with an image folder trains from a toy checkpoint: the tokenizer is the
+    toy one grown by the records' frequent words (saved beside the run and in its checkpoints), the
+    embedding gains a row per new word, and every old row starts from the toy checkpoint."""
+    data, pics = llava_json(tmp_path)
+    toy = str(recipe[0] / "align.pt")
+    flags = ["--phase", "instruct", "--init_from", toy, "--data", data, "--image_folder", pics]
+    trainer = train.Trainer(*train.parse_args(["--model", "llava", "--out_dir", str(tmp_path / "out"), *TINY, *flags]))
+    base, tok = Tokenizer(), trainer.tok
+    assert tok.words[:len(base.words)] == base.words and {"The", "picture", "tomato"} <= set(tok.words)
+    assert "Zebra" not in tok.words  # seen once, fewer than --min_word_count 2
+    old = torch.load(toy, weights_only=True)["model"]["decoder.emb.weight"]
+    emb = trainer.model.decoder.emb.weight
+    assert emb.shape[0] == len(tok) > len(base) and torch.equal(emb[:len(base)], old)
+    res = run(tmp_path / "out", *flags, "--steps", "2", "--batch_size", "4")
+    ck = torch.load(tmp_path / "out" / "instruct.pt", weights_only=True)
+    assert Tokenizer.load(str(tmp_path / "out" / "tokenizer.json")).words == ck["tokenizer"]["words"] == tok.words
+    said = "The picture is red, like a ripe tomato."
+    assert set(res["test"]) == {"captions"} and len(tok.encode(said)) < len(base.encode(said)) / 3
 
 
 # ----------------------------------------------------------------------------- the contract's optional parts,
@@ -267,7 +456,6 @@ def test_trains_on_an_on_disk_folder(tmp_path):
 
 import standin  # noqa: E402  (tests/ is on the path)
 
-from data import Collator, Tokenizer, get_sample  # noqa: E402
 
 
 @pytest.fixture
@@ -311,7 +499,8 @@ def test_answer_length_counts_the_expanded_media(standin_model, monkeypatch):
     asked = []
     generate = model.generate
     monkeypatch.setattr(model, "generate", lambda t, m, n, *a: asked.append(n) or generate(t, m, n, *a))
-    train.score_replies(model, train.phase_collator(model, tok, {}), ["text_to_image"], "val", 2, "cpu")
+    sets = {"text_to_image": [get_sample("text_to_image", "val", i) for i in range(2)]}
+    train.score_replies(model, train.phase_collator(model, tok, {}), sets, "cpu")
     assert asked == [7]
 
 
