@@ -1,6 +1,6 @@
 """Benchmark nano models: parameters, training throughput, forward latency, memory, FLOPs and MFU.
 
-    python bench.py --model llava --size toy-S --threads 2        # the DESIGN.md section 5 size
+    python bench.py --model llava --size toy-S --threads 2        # the docs/DESIGN.md section 4 size
     python bench.py --model llava,flamingo --json bench.json       # one table row per model
     python bench.py --model llava --size default --time-to-accuracy  # + the default recipe's minutes to 95%
     python bench.py --model llava --n_layer 8                      # any Config field is a flag too
@@ -30,9 +30,9 @@ from data import IGNORE, Mixture
 # Config overrides and the synthetic batch of each benchmark size, per model. A batch is `batch` rows
 # of one item per modality in `media` (item shape), their placeholder positions first, then `text` tokens.
 SIZES = {
-    "toy-S": {  # DESIGN.md section 5: equal sizes, so the five files compare fairly
+    "toy-S": {  # docs/DESIGN.md section 4: equal sizes, so the five files compare fairly
         "llava": dict(config=dict(n_embd=256, n_layer=6, n_head=8, mlp_hidden=688, vocab_size=1024,
-                                  image_size=64, patch=8, shuffle=1, vit_embd=256, vit_layers=4, vit_heads=8,
+                                  image_size=64, patch=8, pixel_shuffle=1, vit_embd=256, vit_layers=4, vit_heads=8,
                                   vit_mlp=1024),
                       batch=16, text=64, media={"image": (3, 64, 64)}),
     },

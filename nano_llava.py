@@ -32,11 +32,12 @@ The training recipe (PHASES, run in order by train.py):
 
 Simplified or changed relative to the papers: the ViT is tiny and trained here (no CLS token, since
 nothing pools it); a pixel shuffle (not in LLaVA; used by InternVL, Idefics3, nanoVLM) merges 2x2
-patches so the LLM gets one token per cell of the world's 3x3 grid while the ViT still sees shapes
-in parts (with one 16px patch per cell its features told shapes apart only ~79% of the time);
-shuffle=1 turns it off (for the phases after 'vision', whose head needs one token per cell). The LLM
-reads the ViT's last layer, not LLaVA's penultimate one (select_layer; Model.image_tokens says why).
-The projector ends in an RMSNorm (proj_norm=False: LLaVA's own; Model says why). The conversation
+patches so the LLM gets one token per cell of the world's 3x3 grid while the ViT still sees each
+shape in several patches (with one patch per cell it told shapes apart far less often);
+pixel_shuffle=1 turns it off (LLaVA's own; the 'vision' head, which needs one token per cell, then
+cannot run). The LLM reads the ViT's last layer, not LLaVA's penultimate one (select_layer;
+Model.image_tokens says why). The projector ends in an RMSNorm (proj_norm=False: LLaVA's own; Model
+says why). The measurements behind these choices are in docs/llava.md. The conversation
 template is <bos> user <sep> assistant <eos> instead of Vicuna's "USER: ... ASSISTANT:", and the
 LLM's head is tied to its token embedding.
 """
@@ -61,10 +62,11 @@ class Config:
     max_seq: int = 256
     rope_base: float = 10000.0
     # vision encoder
+    # The toy prior, set here: 72 px = 3 world cells x 2 x 12 px patches, so after the 2x2 pixel
+    # shuffle there is exactly one LLM token per cell of the world's 3x3 grid.
     image_size: int = 72           # images are resized to this, like CLIP's pre-processing
     patch: int = 12                # 72/12 = a 6x6 grid of patches
-    shuffle: int = 2               # pixel shuffle: 2x2 neighbours -> one LLM token, so 3x3 tokens,
-                                   # one per cell of the toy world's grid (1: off, LLaVA's own)
+    pixel_shuffle: int = 2         # 2x2 neighbouring patches -> one LLM token (1: off, LLaVA's own)
     vit_layers: int = 3
     vit_embd: int = 128
     vit_heads: int = 4
@@ -76,9 +78,9 @@ class Config:
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads:
             raise ValueError("n_embd must divide by n_head and vit_embd by vit_heads")
-        if self.image_size % (self.patch * self.shuffle):
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch x shuffle "
-                             f"({self.patch} x {self.shuffle})")
+        if self.image_size % (self.patch * self.pixel_shuffle):
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch x pixel_shuffle "
+                             f"({self.patch} x {self.pixel_shuffle})")
         if self.projector not in ("mlp2x_gelu", "linear"):
             raise ValueError(f"projector must be 'mlp2x_gelu' or 'linear', got {self.projector!r}")
         if not -self.vit_layers <= self.select_layer < self.vit_layers:
@@ -229,17 +231,16 @@ class Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ViT(cfg)
-        C, D = cfg.n_embd, cfg.vit_embd * cfg.shuffle ** 2  # D: a shuffled token's width
+        C, D = cfg.n_embd, cfg.vit_embd * cfg.pixel_shuffle ** 2  # D: a shuffled token's width
         mlp = [nn.Linear(D, C)] if cfg.projector == "linear" else [nn.Linear(D, C), nn.GELU(), nn.Linear(C, C)]
-        # An RMSNorm after the projector (not in LLaVA): without it the image tokens grew in 'instruct'
-        # to ~100x the norm of the word embeddings (327 against 3.5). In a pre-norm decoder a block's
-        # update is then negligible next to such a token, so the LLM cannot work on image positions
-        # (e.g. write a token's place into it) and "where is the red circle?" stayed near chance (README).
+        # An RMSNorm after the projector (not in LLaVA) keeps image tokens at the scale of words: in a
+        # pre-norm decoder a block's update is negligible next to a token far larger than the rest, so
+        # the LLM could not work on image positions (e.g. write a token's place into it; docs/llava.md).
         self.projector = nn.Sequential(*mlp, *([RMSNorm(C)] if cfg.proj_norm else []))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
         # the 'vision' phase's throw-away head: each cell token names its size, colour and shape
         self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
-        self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.shuffle) ** 2}
+        self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.pixel_shuffle) ** 2}
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
@@ -252,10 +253,10 @@ class Model(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def pixel_shuffle(self, x):
+    def merge_patches(self, x):
         """(N, g*g, D) patch features -> (N, (g/s)^2, D*s*s): each s x s block of neighbouring
         patches becomes one token (the projector trick of InternVL, Idefics3 and nanoVLM)."""
-        s = self.cfg.shuffle
+        s = self.cfg.pixel_shuffle
         N, P, D = x.shape
         g = math.isqrt(P)
         x = x.view(N, g // s, s, g // s, s, D).permute(0, 1, 3, 2, 4, 5)  # (N, rows, cols, s, s, D)
@@ -264,10 +265,9 @@ class Model(nn.Module):
     def image_tokens(self, images):
         """(N, 3, H, W) -> (N, 9, D): the select_layer features of the ViT, one token per grid cell.
         LLaVA reads CLIP's penultimate layer, its last being tuned to CLIP's own objective. Here the
-        LLM reads the layer the 'vision' head is trained on: with the head on the last of 4 layers
-        and the LLM on the penultimate, the recipe printed 0.822 (size 0.524); with both on the
-        last of 3, 0.988 (README)."""
-        return self.pixel_shuffle(self.encoder(images, self.cfg.select_layer))
+        'vision' head shapes a layer into attributes, so the LLM must read that same layer: a layer
+        above the head's has not learned them (docs/llava.md)."""
+        return self.merge_patches(self.encoder(images, self.cfg.select_layer))
 
     def embed(self, tokens, media):
         """Token embeddings with the image features written over the <image> placeholders."""
@@ -298,7 +298,7 @@ class Model(nn.Module):
             raise ValueError("the 'vision' phase takes one image per row (the `cells` task)")
         if self.media_tokens["image"] != 9:
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one image token per "
-                             "cell, image_size / (patch x shuffle) == 3")
+                             "cell, image_size / (patch x pixel_shuffle) == 3")
         z = self.cell_head(self.image_tokens(images))  # (N, 9, 3 * vocab)
         logits = z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
         loss = None
@@ -353,11 +353,10 @@ class Model(nn.Module):
 
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags
 # override). 'vision' pre-trains the ViT with a linear head that names each cell's size, colour and
-# shape (500 steps, 77 s; a caption tower took 1000 steps and 200-258 s, and the recipe then printed
-# 0.958 against 0.988). instruct takes many small steps: finding the object a question names is
-# learned mostly per update. Its decoder blocks get a strong weight decay; the embeddings and the
-# projector keep 0.1. Both were measured with the caption-tower ViT (4400 x 12 fell to 0.856, decay
-# 0.1 on the blocks to 0.890, against 0.958; README) and not re-tuned since.
+# shape: each answer is tied to its cell, so every object's attributes are learned, small ones too,
+# and more cheaply than through a caption tower. 'instruct' takes many small steps, because finding
+# the object a question names is learned mostly per update; its decoder blocks get a strong weight
+# decay, the embeddings and the projector keep 0.1. The ablations are in docs/llava.md.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
     "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,

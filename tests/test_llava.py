@@ -138,7 +138,7 @@ def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
     vqa = batch(m, "vqa", n=2)
     with pytest.raises(ValueError, match="27 words and <eos> per row"):
         m.cell_words(vqa["tokens"], vqa["targets"], vqa["media"])
-    unshuffled = make("vision", shuffle=1)  # 36 patch tokens: no token per cell to name
+    unshuffled = make("vision", pixel_shuffle=1)  # 36 patch tokens: no token per cell to name
     with pytest.raises(ValueError, match="one image token per cell"):
         unshuffled.cell_words(b["tokens"], b["targets"], b["media"])
 
@@ -148,7 +148,7 @@ def test_image_features_land_on_the_placeholders():
     m = make()
     b = batch(m, n=3)
     x = m.embed(b["tokens"], b["media"])
-    feats = m.projector(m.pixel_shuffle(m.encoder(b["media"]["image"], -1)))  # (N, 9, C): the last layer
+    feats = m.projector(m.merge_patches(m.encoder(b["media"]["image"], -1)))  # (N, 9, C): the last layer
     slots = b["tokens"] == TOK.image
     assert torch.allclose(x[slots].view(3, 9, -1), feats)
     assert torch.equal(x[~slots], m.decoder.emb(b["tokens"])[~slots])
@@ -158,10 +158,10 @@ def test_pixel_shuffle_groups_neighbouring_patches():
     """Token k of the 3x3 output concatenates the 2x2 block of patches under cell k, in order."""
     m = make()
     x = torch.arange(36.0).view(1, 36, 1)  # patch index as its only feature
-    out = m.pixel_shuffle(x)[0]  # (9, 4)
+    out = m.merge_patches(x)[0]  # (9, 4)
     assert out[0].tolist() == [0, 1, 6, 7] and out[4].tolist() == [14, 15, 20, 21]
     assert out[8].tolist() == [28, 29, 34, 35]
-    assert make(shuffle=1, image_size=36).media_tokens == {"image": 9}
+    assert make(pixel_shuffle=1, image_size=36).media_tokens == {"image": 9}
 
 
 def test_projector_switches():
