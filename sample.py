@@ -5,6 +5,7 @@
     python sample.py out/llava/align.pt --temperature 0.8 --top_k 5 --seed 1
     python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
     python sample.py out/llava/instruct.pt --task vqa --n 1000 --by_shapes   # accuracy by kind x shapes
+    python sample.py out/flamingo/mix.pt --task vqa --shots 2     # two solved examples before each question
 
 Prints each prompt, the model's answer and the truth (the first 16 of them, then the task's judged
 score, data/judges.py), and draws those under their media into --out (green: judged right, red: wrong,
@@ -28,7 +29,7 @@ import train
 from data import SPLITS, TASKS, Collator, get_sample, judge
 from data.errors import UserError
 from data.judges import judge_name
-from data.__main__ import show_media
+from data.show import show_media
 from data.folder import MARKER, read_frames, read_wav
 from data.world import IMAGE_SIZE, POSITIONS, analyse_image
 
@@ -51,6 +52,8 @@ def build_parser():
     a("--split", default="test", choices=SPLITS)
     a("--n", type=int, default=8, help="how many toy samples")
     a("--seed", type=int, default=0, help="picks the toy samples (the world's seed) and seeds sampling")
+    a("--shots", type=int, default=0, help="few-shot: put this many solved training samples of the task "
+      "(media, question, answer) before each question, in one interleaved prompt (Flamingo sec 3)")
     for m in USER_MEDIA:
         a(f"--{m}", default=None, help=f"your own {m} file ({'an image' if m == 'image' else 'a PCM wav'})")
     a("--prompt", default=None, help="the question about your file; <image>/<audio>/<speech> is prepended if absent")
@@ -77,8 +80,21 @@ def toy_prompts(args, phase, phases):
         except UserError as e:  # e.g. a task with no compose split
             raise UserError(f"cannot ask {task!r} questions: {e}")
         if found:
-            return [Collator.prompt(s) for s in found]
+            return [few_shot(Collator.prompt(s), task, i, args.shots, args.seed) for i, s in enumerate(found)]
     raise UserError(f"phase {phase!r} trains on {list(phases[phase]['tasks'])}: nothing to ask; pass --task")
+
+
+def few_shot(prompt, task, i, shots, seed):
+    """(prompt, truth) with `shots` solved training samples of the task before the question: their
+    turns and media first, in order, then the question's. Each question gets its own examples."""
+    if not shots:
+        return prompt
+    found = islice(filter(train.has_answer, (get_sample(task, "train", 10 ** 6 + 50 * i + j, seed) for j in range(50))),
+                   shots)
+    support = list(found)
+    sample, truth = prompt
+    return {**sample, "conversations": [t for s in support for t in s["conversations"]] + sample["conversations"],
+            "media": [m for s in support for m in s["media"]] + sample["media"]}, truth
 
 
 def user_prompt(args):
@@ -148,8 +164,8 @@ def by_shapes(rows):
     cells, other, mistakes = {}, {}, {}
     for prompt, truth, reply, _, _ in rows:
         images = [m["data"] for m in prompt["media"] if m["type"] == "image"]
-        if truth is not None and images:
-            kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[0])
+        if truth is not None and images:  # the question's image is the last (earlier ones: --shots examples)
+            kind, scene = prompt.get("kind", prompt["task"]), analyse_image(images[-1])
             cells.setdefault((kind, len(scene)), []).append(reply == truth)
             if reply == truth:
                 continue
@@ -176,8 +192,8 @@ def main(argv=None):
 
 
 def sample(args):
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
+    if args.n < 1 or args.shots < 0:
+        raise UserError("--n must be at least 1 and --shots at least 0")
     model, tok, ck = train.load_model(args.checkpoint, args.device)
     torch.manual_seed(args.seed)
     collator = Collator(tok, model.media_tokens, getattr(model.cfg, "max_seq", None))

@@ -3,6 +3,7 @@
     python -m data [--out contact_sheet.png] [--seed 0]     a contact sheet: a few samples per task
     python -m data write --task vqa --split train --n 100 --out DIR     a dataset folder (data/folder.py)
     python -m data speed [--batch 64]      time a batch of mixed samples of every task, on one core
+    python -m data example --out DIR [--n 64]    LLaVA's JSON format with plain-English captions (data/example.py)
     python -m data analyser [--n 1000] [--seed 0]     how often world.analyse_image reads a scene exactly,
                                            on clean renders and on each of world.degrade's kinds
 """
@@ -13,47 +14,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import world
+from .example import write_example
 from .folder import write_folder
-from .sound import SAMPLE_RATE
+from .show import show_media
 from .tasks import SPLITS, TASKS, get_sample
 
 COLUMNS = 3
 ROLE_COLOURS = {"human": "#333333", "gpt": "#1f5fbf"}
-
-
-def strip(frames, gap=2):
-    """Images side by side with a white gap between them: (H, W, 3) uint8."""
-    h = frames[0].shape[0]
-    pieces = [p for f in frames for p in (np.full((h, gap, 3), 255, np.uint8), f)][1:]
-    return np.concatenate(pieces, axis=1)
-
-
-def log_spectrogram(x, n=256, hop=64):
-    """Magnitude STFT in dB below the peak, clipped at -60: (n // 2 + 1, frames), low freqs first."""
-    frames = np.lib.stride_tricks.sliding_window_view(x, n)[::hop] * np.hanning(n)
-    db = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)) + 1e-9)
-    return np.clip(db - db.max(), -60, 0).T
-
-
-def show_media(ax, sample):
-    """Draw a sample's media into ax: images and video frames as strips, sound as a spectrogram."""
-    media = sample["media"]
-    ax.set_axis_off()
-    if not media:
-        ax.text(0.5, 0.5, "(text only)", ha="center", va="center", color="#999999", fontsize=9,
-                transform=ax.transAxes)
-    elif media[0]["type"] in ("image", "video"):
-        frames = [m["data"] for m in media] if media[0]["type"] == "image" else list(media[0]["data"])
-        ax.imshow(strip(frames), interpolation="nearest")
-    else:
-        x = media[0]["data"]
-        ax.imshow(log_spectrogram(x), origin="lower", aspect="auto", cmap="magma",
-                  extent=(0, len(x) / SAMPLE_RATE, 0, SAMPLE_RATE / 2000))
-        ax.set_axis_on()
-        ax.set_yticks([0, 4, 8])
-        ax.set_xlabel("seconds", fontsize=6, labelpad=1)
-        ax.set_ylabel("kHz", fontsize=6, labelpad=1)
-        ax.tick_params(labelsize=6, length=2, pad=1)
 
 
 def wrapped(sample, width=46):
@@ -140,6 +107,10 @@ def main():
     w.add_argument("--n", type=int, default=100)
     w.add_argument("--out", dest="folder", required=True, help="the dataset folder to write")
     w.add_argument("--seed", type=int, default=0)
+    ex = sub.add_parser("example", help="a LLaVA-style JSON file of English captions and its images")
+    ex.add_argument("--out", dest="folder", required=True, help="the folder to write")
+    ex.add_argument("--n", type=int, default=64)
+    ex.add_argument("--seed", type=int, default=0)
     sp = sub.add_parser("speed", help="time generating and collating a batch of mixed samples")
     sp.add_argument("--batch", type=int, default=64)
     an = sub.add_parser("analyser", help="how often the image analyser reads a scene exactly, clean and degraded")
@@ -152,6 +123,8 @@ def main():
               f"{1e3 * t:.0f} ms ({args.batch / t:,.0f} samples/s)")
     elif args.command == "analyser":
         print("\n".join(analyser(args.n, args.seed)))
+    elif args.command == "example":
+        print(f"wrote {write_example(args.folder, args.n, args.seed)}")
     elif args.command == "write":
         print(f"wrote {write_folder(args.folder, args.task, args.split, args.n, args.seed)}")
     else:

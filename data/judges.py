@@ -59,7 +59,7 @@ def drawn_scene(sample, reply, media):
     return float(world.analyse_image(np.ascontiguousarray(pixels)) == scene_of(prompt))
 
 
-JUDGES = {"speech": word_accuracy, "text_to_image": drawn_scene}
+JUDGES = {"speech": word_accuracy, "caption": word_accuracy, "text_to_image": drawn_scene}
 NAMES = {exact: "exact match", word_accuracy: "word accuracy", drawn_scene: "drawn scene"}
 
 

@@ -87,6 +87,20 @@ def test_sample_answers_toy_questions(checkpoint, tmp_path, capsys):
     assert png.stat().st_size > 0
 
 
+def test_few_shot_prompts_put_solved_examples_first(checkpoint, tmp_path, capsys):
+    """--shots k: each question follows k solved training samples (their media and answers), in one
+    interleaved prompt; the question's own media come last and its truth is unchanged."""
+    plain = sample.main([str(checkpoint), "--task", "vqa", "--n", "2", "--out", str(tmp_path / "a.png")])
+    shot = sample.main([str(checkpoint), "--task", "vqa", "--n", "2", "--shots", "2", "--out", str(tmp_path / "b.png")])
+    for p, s in zip(plain, shot):
+        turns = s.prompt["conversations"]
+        assert len(s.prompt["media"]) == 3 and len(turns) == 5 and s.truth == p.truth
+        assert [t["from"] for t in turns] == ["human", "gpt", "human", "gpt", "human"] and turns[-1] == p.prompt["conversations"][-1]
+        assert np.array_equal(s.prompt["media"][-1]["data"], p.prompt["media"][0]["data"])
+    assert shot[0].prompt["media"][0]["data"].tobytes() != shot[1].prompt["media"][0]["data"].tobytes()  # own examples
+    assert "exact match" in capsys.readouterr().out
+
+
 def test_sample_by_shapes_counts_every_question_once(checkpoint, tmp_path, capsys):
     """--by_shapes splits exact match by question kind and shapes in the image; the cells add up to n,
     only the first 16 samples are printed one by one, and the counts are the analyser's."""

@@ -11,6 +11,7 @@ from PIL import Image
 
 from data import Collator, Tokenizer
 from data.errors import UserError
+from data.example import write_example
 from data.folder import CLIP_LENGTH, Folder, write_folder
 from data.sound import SAMPLE_RATE
 from data.tasks import TASKS, get_sample
@@ -152,6 +153,20 @@ def test_llava_json_array_is_read_as_is(tmp_path):
     (tmp_path / "bad.json").write_text('{"id": 1}')
     with pytest.raises(UserError, match="must be a JSON array"):
         Folder(tmp_path / "bad.json")
+
+
+def test_example_is_a_llava_file_of_plain_english_captions(tmp_path):
+    """python -m data example writes LLaVA's JSON array (judged as captions) that Folder reads as is;
+    its words are mostly new to the toy tokenizer, and a fitted one spells none of them in bytes."""
+    file = write_example(str(tmp_path / "mydata"), n=12)
+    records = json.loads(Path(file).read_text())
+    assert len(records) == 12 and set(records[0]) == {"id", "image", "task", "conversations"}
+    data = Folder(file)
+    assert len(data) == 12 and data[0]["task"] == "caption" and data[0]["media"][0]["data"].shape == (64, 64, 3)
+    answers = [s["conversations"][-1]["value"] for s in data]
+    fitted = Tokenizer().fit([t["value"] for s in data for t in s["conversations"]], 1)
+    assert all(len(fitted.encode(a)) < len(Tokenizer().encode(a)) / 2 for a in answers)
+    assert all(fitted.decode(fitted.encode(a)) == a for a in answers)
 
 
 def test_exif_orientation_is_applied(tmp_path):
