@@ -1,4 +1,4 @@
-"""The model contract (docs/DESIGN.md section 2), checked on every nano_*.py that exists and on the
+"""The model contract (docs/DESIGN.md section 1), checked on every nano_*.py that exists and on the
 stand-in model (tests/standin.py). A new model file is covered the moment it is listed in
 train.MODELS; its own test file then holds only what is particular to its mechanisms.
 

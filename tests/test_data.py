@@ -1,4 +1,4 @@
-"""Tests for the toy world's data contract (DESIGN.md section 3): tasks, splits, tokenizer, collation.
+"""Tests for the toy world's data contract (docs/DESIGN.md section 2): tasks, splits, tokenizer, collation.
 
 Content is checked from the media themselves where possible (world.analyse_image for pictures, a
 small spectrum analyser for tones, exact palette colours for videos), so a sample's text, its
