@@ -363,5 +363,5 @@ PHASES = {
                    objective="cell_words"),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
     "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"],
-                     steps=4400, lr=3e-3, batch_size=16, weight_decay={"decoder.blocks": 1.0}),
+                     steps=5500, lr=3e-3, batch_size=16, weight_decay={"decoder.blocks": 1.0}),
 }

@@ -5,7 +5,7 @@
     python sample.py out/llava/align.pt --temperature 0.8 --top_k 5 --seed 1
     python sample.py out/llava/instruct.pt --image my.png --prompt "what colour is the circle?"
     python sample.py out/llava/instruct.pt --task vqa --n 1000 --by_shapes   # accuracy by kind x shapes
-    python sample.py out/flamingo/mix.pt --task vqa --shots 2     # two solved examples before each question
+    python sample.py out/flamingo/mixture.pt --task vqa --shots 2    # two solved examples before each question
 
 Prints each prompt, the model's answer and the truth (the first 16 of them, then the task's judged
 score, data/judges.py), and draws those under their media into --out (green: judged right, red: wrong,
