@@ -1,12 +1,13 @@
 """Greedy VQA answers on 300 held-out test questions: accuracy per kind and the commonest
-(truth, reply) confusions. usage: PYTHONPATH=. python logs/confusions.py CKPT"""
+(truth, reply) confusions. usage: PYTHONPATH=. python logs/confusions.py CKPT [TASK]"""
 import collections
 import sys
 import train
 from data import Collator, get_sample
 model, tok, ck = train.load_model(sys.argv[1])
 col = train.phase_collator(model, tok, {})
-samples = [get_sample("vqa", "test", i) for i in range(300)]
+task = sys.argv[2] if len(sys.argv) > 2 else "vqa"
+samples = [get_sample(task, "test", i) for i in range(300)]
 prompts, truths = zip(*map(Collator.prompt, samples))
 replies, _ = train.answer(model, col, prompts, 4, "cpu")
 res = collections.defaultdict(list)
