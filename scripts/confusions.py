@@ -1,5 +1,5 @@
 """Greedy VQA answers on 300 held-out test questions: accuracy per kind and the commonest
-(truth, reply) confusions. usage: PYTHONPATH=. python logs/confusions.py CKPT [TASK]"""
+(truth, reply) confusions. usage: PYTHONPATH=. python scripts/confusions.py CKPT [TASK]"""
 import collections
 import sys
 import train
