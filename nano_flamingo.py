@@ -85,6 +85,7 @@ class Config:
     vit_mlp: int = 512
     max_frames: int = 8            # learned time embeddings (sec 3.1.1); an image is a 1-frame video
     space_emb: bool = True         # per-patch position embedding before the Resampler (not in the paper)
+    merge: int = 1                 # s x s neighbouring patches -> one Resampler input (1: the flattened grid)
     # Perceiver Resampler (sec 3.1.1, Fig 4): runs at the ViT's width
     n_latents: int = 16
     resampler_layers: int = 2
@@ -100,8 +101,9 @@ class Config:
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads or self.n_embd % self.xattn_heads:
             raise ValueError("n_embd must divide by n_head and xattn_heads, vit_embd by vit_heads")
-        if self.image_size % (2 * self.patch):
-            raise ValueError(f"image_size {self.image_size} must be a multiple of 2 x patch ({self.patch})")
+        if self.image_size % (2 * self.patch) or self.image_size % (self.merge * self.patch):
+            raise ValueError(f"image_size {self.image_size} must be a multiple of 2 x patch and merge x patch "
+                             f"({self.patch}, merge {self.merge})")
         if self.media_mask not in ("last", "all"):
             raise ValueError(f"media_mask must be 'last' or 'all', got {self.media_mask!r}")
         if not 1 <= self.xattn_every <= self.n_layer:
@@ -252,6 +254,14 @@ class ViT(nn.Module):
 
 # ----------------------------------------------------------------------------- the new layers
 
+def merge_patches(x, s):
+    """(N, g*g, D) -> (N, (g/s)^2, s*s*D): each s x s block of neighbouring patches becomes one token."""
+    N, P, D = x.shape
+    g = math.isqrt(P)
+    x = x.view(N, g // s, s, g // s, s, D).permute(0, 1, 3, 2, 4, 5)  # (N, rows, cols, s, s, D)
+    return x.reshape(N, (g // s) ** 2, s * s * D)
+
+
 def squared_relu(x):  # the FFW activation of the Resampler and the gated layers (App B, Table 13)
     return F.relu(x).square()
 
@@ -276,7 +286,9 @@ class Resampler(nn.Module):
         D, self.n_head = cfg.vit_embd, cfg.vit_heads
         self.latents = nn.Parameter(torch.randn(cfg.n_latents, D) * 0.02)
         self.time_emb = nn.Parameter(torch.randn(cfg.max_frames, 1, D) * 0.02)  # (F, 1, D), per frame
-        n_patch = (cfg.image_size // cfg.patch) ** 2
+        n_patch = (cfg.image_size // cfg.patch // cfg.merge) ** 2
+        # merged patches are projected back to the Resampler's width
+        self.proj_in = nn.Linear(cfg.merge ** 2 * D, D, bias=False) if cfg.merge > 1 else nn.Identity()
         self.space_emb = nn.Parameter(torch.randn(n_patch, D) * 0.02) if cfg.space_emb else None  # (P, D)
         self.layers = nn.ModuleList(nn.ModuleDict(dict(
             norm_x=nn.LayerNorm(D), norm_q=nn.LayerNorm(D), q=nn.Linear(D, D, bias=False),
@@ -284,7 +296,8 @@ class Resampler(nn.Module):
             for _ in range(cfg.resampler_layers))
         self.norm = nn.LayerNorm(D)
 
-    def forward(self, x):  # x (N, F, P, D) frame features -> (N, n_latents, D)
+    def forward(self, x):  # x (N, F, P, merge^2 D) frame features -> (N, n_latents, D)
+        x = self.proj_in(x)  # (N, F, P, D)
         N, Fr, P, D = x.shape
         if Fr > self.time_emb.size(0):
             raise ValueError(f"{Fr} frames, but max_frames={self.time_emb.size(0)} time embeddings")
@@ -384,10 +397,12 @@ class Model(nn.Module):
                                  f"position per item (media_tokens['{m}'] = 1)")
             if n:
                 frames = x.unsqueeze(1) if m == "image" else x  # an image is a 1-frame video, (N, F, 3, H, W)
-                feats = self.encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (N, F, P, D)
+                feats = merge_patches(self.encoder(frames.flatten(0, 1)), cfg.merge)  # (N*F, P, merge^2 D)
+                feats = feats.unflatten(0, frames.shape[:2])  # (N, F, P, merge^2 D)
                 items[kinds == i] = self.resampler(feats).to(items.dtype)
         if not kinds.numel():  # no media: the Resampler runs on an empty batch, still part of the step (DDP)
-            items = self.resampler(items.new_zeros(0, 1, (cfg.image_size // cfg.patch) ** 2, D))
+            items = self.resampler(items.new_zeros(0, 1, (cfg.image_size // cfg.patch // cfg.merge) ** 2,
+                                                   cfg.merge ** 2 * D))
         count = marks.sum(1)  # (B,)
         M = max(int(count.max()) if count.numel() else 0, 1)
         padded = items.new_zeros(tokens.size(0), M, L, D)
@@ -438,10 +453,9 @@ class Model(nn.Module):
             raise ValueError("the 'vision' phase takes one image per row (the `cells` task)")
         x = self.encoder(images)  # (N, P, D)
         N, P, D = x.shape
-        g = math.isqrt(P)
-        if g != 6:
+        if P != 36:
             raise ValueError("the 'vision' head names the 3x3 cells of the world: it needs a 6x6 patch grid")
-        cellwise = x.view(N, 3, 2, 3, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(N, 9, 4 * D)  # (N, 9, 4D)
+        cellwise = merge_patches(x, 2)  # (N, 9, 4D)
         logits = self.cell_head(cellwise).view(N, 27, -1)  # (N, 27, vocab)
         loss = None
         if targets is not None:
