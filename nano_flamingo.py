@@ -42,7 +42,8 @@ learned per-patch position embedding (space_emb) is added to the visual features
 Resampler: the paper has none, since a conv net's features carry where they are, but this ViT's
 features were pre-trained with a head that knew each cell by its slot, so without it the Resampler,
 a set function, cannot tell where a shape is (docs/flamingo.md measures it); a gate_scale multiplier
-lets the gates move faster than the rest (1.0: the paper's); Adam with a cosine schedule instead of a
+lets the gates move faster than the rest (1.0: the paper's); merge > 1 feeds the Resampler
+merged patch groups instead of the patch grid (measured, not kept: docs/flamingo.md); Adam with a cosine schedule instead of a
 constant rate; the dataset weights are sampling weights, not per-dataset losses accumulated per step.
 """
 import math
