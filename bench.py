@@ -39,6 +39,10 @@ SIZES = {
                                    image_size=64, patch=8, merge=1, vit_embd=256, vit_layers=4, vit_heads=8,
                                    vit_mlp=1024),
                        batch=16, text=64, media={"image": (3, 64, 64)}),
+        "flamingo": dict(config=dict(n_embd=256, n_layer=6, n_head=8, mlp_hidden=688, vocab_size=1024,
+                                     image_size=64, patch=8, vit_embd=256, vit_layers=4, vit_heads=8, vit_mlp=1024,
+                                     xattn_heads=8),
+                         batch=16, text=64, media={"image": (3, 64, 64)}),
     },
     "tiny": {  # for the tests: seconds, not minutes
         "llava": dict(config=dict(n_embd=64, n_layer=2, n_head=4, mlp_hidden=176, image_size=24, patch=4,
@@ -47,6 +51,10 @@ SIZES = {
         "cogvlm": dict(config=dict(n_embd=64, n_layer=2, n_head=4, mlp_hidden=176, image_size=24, patch=4,
                                    vit_embd=64, vit_layers=2, vit_heads=4, vit_mlp=256),
                        batch=4, text=16, media={"image": (3, 24, 24)}),
+        "flamingo": dict(config=dict(n_embd=64, n_layer=2, n_head=4, mlp_hidden=176, image_size=24, patch=4,
+                                     vit_embd=64, vit_layers=2, vit_heads=4, vit_mlp=256, n_latents=4,
+                                     resampler_layers=1),
+                         batch=4, text=16, media={"image": (3, 24, 24)}),
     },
 }
 # FlopCounterMode's table has the GPU attention kernels but not the CPU one: add it, same formulas
