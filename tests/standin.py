@@ -101,7 +101,7 @@ class Model(nn.Module):
         return out, ({"image": torch.stack(images)} if images else {})
 
     def diagnostics(self):
-        return {"head_norm": self.head.weight.norm()}
+        return {"head_norm": float(self.head.weight.detach().norm())}  # the contract: name -> float
 
     def begin_phase(self, name):
         if name == "draw":  # like CogVLM's copy: the new phase starts from what the last one learned
