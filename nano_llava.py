@@ -23,8 +23,9 @@ Reading order: Config -> rope / RMSNorm / Attention / MLP / Block (the shared mo
 The training recipe (PHASES, run in order by train.py):
   text      decoder on text-only sentences. Stands in for the pre-trained LLM (Vicuna).
   vision    ViT + a linear head that names the size, colour and shape in each cell of the grid (the
-            `cells` task). Stands in for the pre-trained CLIP: the ViT learns what images show from a
-            supervised objective whose head is then thrown away (attribute pre-training).
+            `cells` task), and which cell each token is. Stands in for the pre-trained CLIP: the ViT
+            learns what images show, and where, from a supervised objective whose head is then
+            thrown away (attribute pre-training).
   align     LLaVA stage 1, "pre-training for feature alignment" (2304.08485 sec 4.1): ViT and LLM
             frozen, only the projector trains, on plain captions (<image> then the caption).
   instruct  LLaVA stage 2, "fine-tuning end-to-end" (sec 4.2): ViT frozen; projector and LLM train
@@ -74,6 +75,7 @@ class Config:
     select_layer: int = -1         # the layer the 'vision' head trains and the LLM reads (LLaVA: -2; see Model)
     projector: str = "mlp2x_gelu"  # LLaVA-1.5's 2-layer MLP; "linear" for LLaVA v1
     proj_norm: bool = True         # RMSNorm on the projector's output, keeping image tokens at word scale
+    cell_pos: bool = True          # the 'vision' head also names which cell each token is (see cell_words)
 
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads:
@@ -238,8 +240,9 @@ class Model(nn.Module):
         # the LLM could not work on image positions (e.g. write a token's place into it; docs/llava.md).
         self.projector = nn.Sequential(*mlp, *([RMSNorm(C)] if cfg.proj_norm else []))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
-        # the 'vision' phase's throw-away head: each cell token names its size, colour and shape
-        self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
+        # the 'vision' phase's throw-away head: each cell token names its size, colour and shape, and
+        # which of the 9 cells it is
+        self.cell_head = nn.Linear(D, 9 + 3 * cfg.vocab_size)
         self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.pixel_shuffle) ** 2}
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
@@ -291,24 +294,33 @@ class Model(nn.Module):
     def cell_words(self, tokens, targets=None, media=None):
         """The 'vision' phase's objective (PHASES names it): logits of the 3 words (size, colour, shape
         or "empty" x3) that name each cell, read at once from the cell's token by a linear head,
-        (N, 27, vocab) for N images in the order of the `cells` task's text, and their cross-entropy.
-        Not autoregressive: the words come from the image only."""
+        (N, 27, vocab) for N images in the order of the `cells` task's text, and their cross-entropy,
+        plus (cell_pos) the head's guess of which cell each token is. Not autoregressive: the words
+        come from the image only."""
         images = (media or {}).get("image")
         if images is None or images.size(0) != tokens.size(0):
             raise ValueError("the 'vision' phase takes one image per row (the `cells` task)")
         if self.media_tokens["image"] != 9:
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one image token per "
                              "cell, image_size / (patch x pixel_shuffle) == 3")
-        z = self.cell_head(self.image_tokens(images))  # (N, 9, 3 * vocab)
-        logits = z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
-        loss = None
+        z = self.cell_head(self.image_tokens(images))  # (N, 9, 9 + 3 * vocab)
+        logits = z[..., 9:].reshape(z.size(0), 27, -1)  # (N, 27, vocab)
+        loss, aux = None, {}
         if targets is not None:
             keep, n = targets != -100, logits.size(1)
             if not bool((keep.sum(1) == n + 1).all()):
                 raise ValueError(f"the 'vision' phase trains on `cells` samples: {n} words and <eos> per row")
             words = targets[keep].view(-1, n + 1)[:, :n]  # the answer's words, <eos> dropped
             loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
-        return logits, loss, {}
+            if self.cfg.cell_pos:
+                # Each token also names its own cell, so it carries its place in its content and the
+                # LLM can answer "where is the red circle?" by reading the red circle's token instead
+                # of counting its offset from the image's start. CLIP's tokens keep where they are
+                # from its position embeddings; the words alone let that fade here (docs/llava.md).
+                cell = torch.arange(9, device=z.device).expand(z.size(0), 9)
+                aux["cell_pos"] = F.cross_entropy(z[..., :9].flatten(0, 1).float(), cell.flatten())
+                loss = loss + aux["cell_pos"]
+        return logits, loss, aux
 
     def forward(self, tokens, targets=None, media=None):
         logits = self.decoder(self.embed(tokens, media))  # (B, T, vocab)

@@ -118,15 +118,24 @@ def test_llm_reads_the_selected_vit_layer(select):
 
 def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
     """'vision' objective: 27 word logits, 3 per cell, each triple read from that cell's token only;
-    the loss is their cross-entropy against the `cells` text; a batch of another task is a clear
-    error; forward stays the language model's path in every phase."""
+    the loss is their cross-entropy against the `cells` text, plus the aux term `cell_pos`, the
+    head's cross-entropy for which of the 9 cells each token is (cell_pos=False: the words alone);
+    a batch of another task is a clear error; forward stays the language model's path in every phase."""
     m = make("vision")
     assert L.PHASES["vision"]["objective"] == "cell_words"
     b = batch(m, "cells", n=3)
-    logits, loss, _ = m.cell_words(b["tokens"], b["targets"], b["media"])
+    logits, loss, aux = m.cell_words(b["tokens"], b["targets"], b["media"])
     words = b["targets"][b["targets"] != -100].view(3, 28)[:, :27]
     assert logits.shape == (3, 27, len(TOK))
-    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), words.flatten()))
+    word_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), words.flatten())
+    z = m.cell_head(m.image_tokens(b["media"]["image"]))[..., :9]  # (3, 9 tokens, 9 cells)
+    cell_loss = torch.nn.functional.cross_entropy(z.flatten(0, 1), torch.arange(9).repeat(3))
+    assert set(aux) == {"cell_pos"} and torch.allclose(aux["cell_pos"], cell_loss)
+    assert torch.allclose(loss, word_loss + cell_loss)
+    m.cfg.cell_pos = False
+    logits_off, loss_off, aux_off = m.cell_words(b["tokens"], b["targets"], b["media"])
+    assert aux_off == {} and torch.equal(logits_off, logits) and torch.allclose(loss_off, word_loss)
+    m.cfg.cell_pos = True
     assert m(b["tokens"], None, b["media"])[0].shape == (*b["tokens"].shape, len(TOK))
     feats = m.image_tokens(b["media"]["image"])
     feats2 = feats.clone()
