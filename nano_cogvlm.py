@@ -29,7 +29,7 @@ The training recipe (PHASES, run in order by train.py):
   text     decoder on text-only sentences, some in the conversation template: the pre-trained LM
            (Vicuna-1.5), which is then frozen for good (sec 2.2: "the LLM is frozen").
   vision   ViT + two throw-away heads on the `cells` task: the pre-trained EVA2-CLIP. A linear head
-           on the *kept* top layer names each cell's size, colour and shape; the layer that CogVLM
+           on the *kept* top layer names each cell's size, colour, shape and place; the layer that CogVLM
            removes reads the kept one and learns a global, CLS-like objective of its own (which
            words the picture's table holds), so that it is the specialised layer the paper drops.
   caption  CogVLM stage 1 (sec 2.2): expert + adapter + span embeddings on image captioning.
@@ -72,8 +72,10 @@ class Config:
     vit_embd: int = 128
     vit_heads: int = 4
     vit_mlp: int = 512
-    adapter_norm: bool = True      # RMSNorm on the adapter's output: image tokens at the scale of words
+    adapter_norm: bool = True      # RMSNorm on the adapter's output: image tokens at a fixed scale
+    word_scale: bool = True        # ... and that scale is the LM's words' (its gain set in begin_phase)
     bag_coef: float = 1.0          # weight of the dropped layer's global objective in 'vision'
+    cell_pos: bool = True          # the cell head also names each token's cell (0..8): see cell_words
 
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads:
@@ -279,7 +281,7 @@ class Model(nn.Module):
         self.adapter.boi, self.adapter.eoi = nn.Parameter(torch.zeros(C)), nn.Parameter(torch.zeros(C))
         # the 'vision' phase's throw-away heads: each cell's 3 words from the kept top layer, and the
         # bag of the table's words from the mean of the dropped layer (a CLS-like, global objective)
-        self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
+        self.cell_head = nn.Linear(D, 9 * cfg.cell_pos + 3 * cfg.vocab_size)
         self.bag_head = nn.Linear(cfg.vit_embd, cfg.vocab_size)
         self.n_patch = (cfg.image_size // cfg.patch // s) ** 2
         self.media_tokens = {"image": self.n_patch + 2}  # boi, patches, eoi
@@ -367,8 +369,11 @@ class Model(nn.Module):
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one merged token "
                              "per cell, image_size / (patch x merge) == 3")
         kept = self.encoder(images)  # (N, 36, D), the layers the LM will read
-        z = self.cell_head(self.patches(kept))  # (N, 9, 3 * vocab)
-        logits = z.view(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
+        z = self.cell_head(self.patches(kept))  # (N, 9, [9 +] 3 * vocab)
+        # cell_pos: the first 9 logits name the token's own cell. All patches of an image share one
+        # rotary position in the LM (sec 2.1), so a token's place must travel in its content
+        where, z = z[..., :9 * self.cfg.cell_pos], z[..., 9 * self.cfg.cell_pos:]
+        logits = z.reshape(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
         bag = self.bag_head(self.encoder.blocks[-1](kept).mean(1))  # (N, vocab), the removed layer's job
         loss, aux = None, {}
         if targets is not None:
@@ -380,6 +385,10 @@ class Model(nn.Module):
             aux["bag"] = self.cfg.bag_coef * F.binary_cross_entropy_with_logits(
                 bag.float(), present, reduction="sum") / (bag.size(0) * n)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten()) + aux["bag"]
+            if self.cfg.cell_pos:
+                cell = torch.arange(9, device=where.device).repeat(where.size(0))
+                aux["cell_pos"] = F.cross_entropy(where.flatten(0, 1).float(), cell)
+                loss = loss + aux["cell_pos"]
         return logits, loss, aux
 
     @torch.no_grad()
@@ -428,6 +437,11 @@ class Model(nn.Module):
                 expert.qkv.weight.copy_(block.attn.qkv.weight)
                 expert.proj.weight.copy_(block.attn.proj.weight)
                 expert.mlp.load_state_dict(block.mlp.state_dict())
+            if self.cfg.adapter_norm and self.cfg.word_scale:
+                # RMSNorm alone gives image tokens an RMS of 1, some 12x the trained word embeddings'
+                # (0.08 at the default size), and the LM-initialised expert's updates hardly move them
+                # (docs/cogvlm.md: test VQA 0.550 without this, 0.612 with it)
+                self.adapter.norm.weight.fill_(self.decoder.emb.weight.pow(2).mean().sqrt())
 
 
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags
