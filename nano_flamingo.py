@@ -87,6 +87,7 @@ class Config:
     max_frames: int = 8            # learned time embeddings (sec 3.1.1); an image is a 1-frame video
     space_emb: bool = True         # per-patch position embedding before the Resampler (not in the paper)
     merge: int = 1                 # s x s neighbouring patches -> one Resampler input (1: the flattened grid)
+    cell_pos: bool = True          # 'vision' also trains each patch to name its own cell (see cell_words)
     # Perceiver Resampler (sec 3.1.1, Fig 4): runs at the ViT's width
     n_latents: int = 16
     resampler_layers: int = 2
@@ -363,6 +364,7 @@ class Model(nn.Module):
         self.xattn = nn.ModuleList(GatedXAttnDense(cfg) for _ in range(0, cfg.n_layer, cfg.xattn_every))
         self.media_emb = nn.Parameter(torch.randn(2, cfg.n_embd) * 0.02)  # the <image>, <video> rows
         self.cell_head = nn.Linear(4 * cfg.vit_embd, 3 * cfg.vocab_size)  # 'vision' phase only
+        self.pos_head = nn.Linear(cfg.vit_embd, 9)  # 'vision' phase only: which cell a patch is in
         self.media_tokens = {"image": 1, "video": 1}
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
@@ -465,6 +467,13 @@ class Model(nn.Module):
                 raise ValueError("the 'vision' phase trains on `cells` samples: 27 words and <eos> per row")
             words = targets[keep].view(N, 28)[:, :27]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
+            if self.cfg.cell_pos:
+                # Each patch also names the cell it lies in, so its feature carries its place in its
+                # content: the Resampler is a set function and its latents can keep only what the
+                # features hold. (The cell head alone knows a cell by its slot, and lets that fade.)
+                r = torch.arange(6, device=x.device) // 2
+                cell = (r[:, None] * 3 + r[None, :]).flatten().expand(N, 36)  # (N, 36): patch -> cell
+                loss = loss + F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
         return logits, loss, {}
 
     @torch.no_grad()
@@ -528,7 +537,7 @@ class Model(nn.Module):
 # as in sec 4.1.4; the gates are scalars and never decay.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=600, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,
+    "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,
                    objective="cell_words"),
     "mixture": dict(train=["resampler", "xattn", "media_emb"], tasks=parse_mix(Config.mix),
                     eval=["vqa", "interleaved", "interleaved_long"], steps=1500, lr=1e-3, batch_size=32,

@@ -91,7 +91,7 @@ def test_mixture_phase_leaves_the_frozen_lm_and_vit_untouched():
         opt.step()
         opt.zero_grad(set_to_none=True)
     after = m.state_dict()
-    frozen = [k for k in before if k.startswith(("decoder.", "encoder.", "cell_head."))]
+    frozen = [k for k in before if k.startswith(("decoder.", "encoder.", "cell_head.", "pos_head."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     for group in ("resampler.", "xattn.", "media_emb"):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(group)), group
