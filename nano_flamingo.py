@@ -264,6 +264,12 @@ def merge_patches(x, s):
     return x.reshape(N, (g // s) ** 2, s * s * D)
 
 
+def patch_cells(g):
+    """(g*g,): the 3x3 world cell of each patch of a g x g grid, in reading order (g = 6: 2x2 patches a cell)."""
+    r = torch.arange(g) * 3 // g
+    return (r[:, None] * 3 + r[None, :]).flatten()
+
+
 def squared_relu(x):  # the FFW activation of the Resampler and the gated layers (App B, Table 13)
     return F.relu(x).square()
 
@@ -471,8 +477,7 @@ class Model(nn.Module):
                 # Each patch also names the cell it lies in, so its feature carries its place in its
                 # content: the Resampler is a set function and its latents can keep only what the
                 # features hold. (The cell head alone knows a cell by its slot, and lets that fade.)
-                r = torch.arange(6, device=x.device) // 2
-                cell = (r[:, None] * 3 + r[None, :]).flatten().expand(N, 36)  # (N, 36): patch -> cell
+                cell = patch_cells(6).to(x.device).expand(N, 36)  # (N, 36): patch -> its cell
                 loss = loss + F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
         return logits, loss, {}
 
