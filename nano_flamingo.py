@@ -41,7 +41,9 @@ Simplified or changed relative to the paper: a tiny ViT trained here instead of 
 learned per-patch position embedding (space_emb) is added to the visual features before the
 Resampler: the paper has none, since a conv net's features carry where they are, but this ViT's
 features were pre-trained with a head that knew each cell by its slot, so without it the Resampler,
-a set function, cannot tell where a shape is (docs/flamingo.md measures it); a gate_scale multiplier
+a set function, cannot tell where a shape is (docs/flamingo.md measures it); for the same reason
+the 'vision' phase also trains each patch to name its own cell (cell_pos), so that where a patch is
+lies in its content, which the Resampler's latents can keep; a gate_scale multiplier
 lets the gates move faster than the rest (1.0: the paper's); merge > 1 feeds the Resampler
 merged patch groups instead of the patch grid (measured, not kept: docs/flamingo.md); Adam with a cosine schedule instead of a
 constant rate; the dataset weights are sampling weights, not per-dataset losses accumulated per step.
@@ -87,6 +89,7 @@ class Config:
     max_frames: int = 8            # learned time embeddings (sec 3.1.1); an image is a 1-frame video
     space_emb: bool = True         # per-patch position embedding before the Resampler (not in the paper)
     merge: int = 1                 # s x s neighbouring patches -> one Resampler input (1: the flattened grid)
+    cell_pos: bool = True          # 'vision' also trains each patch to name its own cell (see cell_words)
     # Perceiver Resampler (sec 3.1.1, Fig 4): runs at the ViT's width
     n_latents: int = 16
     resampler_layers: int = 2
@@ -96,7 +99,9 @@ class Config:
     xattn_ffw: int = 4             # FFW width, times n_embd (Squared-ReLU, as in the paper)
     media_mask: str = "last"       # "last": image-causal (sec 3.1.3); "all": every previous image (ablation)
     gate_scale: float = 1.0        # gate = tanh(gate_scale * a): with Adam, the gates' rate x gate_scale
-    # the mixture's dataset weights (sec 3.2.3): PHASES["mixture"]["tasks"] is built from this default
+    # the mixture's dataset weights (sec 3.2.3): PHASES["mixture"]["tasks"] is built from this default.
+    # Adding text:1 (M3W is mostly text) keeps the gated FFW harmless on text (text test loss 0.67
+    # instead of 1.59) but costs VQA 0.652 -> 0.576 (docs/flamingo.md): the bars are VQA, so not default
     mix: str = "caption:1,vqa:2,interleaved:2"
 
     def __post_init__(self):
@@ -263,6 +268,12 @@ def merge_patches(x, s):
     return x.reshape(N, (g // s) ** 2, s * s * D)
 
 
+def patch_cells(g):
+    """(g*g,): the 3x3 world cell of each patch of a g x g grid, in reading order (g = 6: 2x2 patches a cell)."""
+    r = torch.arange(g) * 3 // g
+    return (r[:, None] * 3 + r[None, :]).flatten()
+
+
 def squared_relu(x):  # the FFW activation of the Resampler and the gated layers (App B, Table 13)
     return F.relu(x).square()
 
@@ -363,6 +374,7 @@ class Model(nn.Module):
         self.xattn = nn.ModuleList(GatedXAttnDense(cfg) for _ in range(0, cfg.n_layer, cfg.xattn_every))
         self.media_emb = nn.Parameter(torch.randn(2, cfg.n_embd) * 0.02)  # the <image>, <video> rows
         self.cell_head = nn.Linear(4 * cfg.vit_embd, 3 * cfg.vocab_size)  # 'vision' phase only
+        self.pos_head = nn.Linear(cfg.vit_embd, 9)  # 'vision' phase only: which cell a patch is in
         self.media_tokens = {"image": 1, "video": 1}
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
@@ -465,6 +477,12 @@ class Model(nn.Module):
                 raise ValueError("the 'vision' phase trains on `cells` samples: 27 words and <eos> per row")
             words = targets[keep].view(N, 28)[:, :27]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten())
+            if self.cfg.cell_pos:
+                # Each patch also names the cell it lies in, so its feature carries its place in its
+                # content: the Resampler is a set function and its latents can keep only what the
+                # features hold. (The cell head alone knows a cell by its slot, and lets that fade.)
+                cell = patch_cells(6).to(x.device).expand(N, 36)  # (N, 36): patch -> its cell
+                loss = loss + F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
         return logits, loss, {}
 
     @torch.no_grad()
@@ -525,11 +543,12 @@ class Model(nn.Module):
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override).
 # 'mixture' takes its task weights from Config.mix's default: train.py reads the tasks from here, so a
 # --mix flag changes the Config but not the data (docs/flamingo.md). Weight decay 0 on the Resampler
-# as in sec 4.1.4; the gates are scalars and never decay.
+# as in sec 4.1.4; the gates are scalars and never decay. (Shorter text and vision phases, tried for the
+# 10-minute bar, cost VQA: docs/flamingo.md, session 2.)
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=600, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,
-                   objective="cell_words"),
+    "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,
+                   batch_size=64, objective="cell_words"),
     "mixture": dict(train=["resampler", "xattn", "media_emb"], tasks=parse_mix(Config.mix),
                     eval=["vqa", "interleaved", "interleaved_long"], steps=1500, lr=1e-3, batch_size=32,
                     weight_decay={"resampler": 0.0}),

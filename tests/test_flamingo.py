@@ -91,7 +91,7 @@ def test_mixture_phase_leaves_the_frozen_lm_and_vit_untouched():
         opt.step()
         opt.zero_grad(set_to_none=True)
     after = m.state_dict()
-    frozen = [k for k in before if k.startswith(("decoder.", "encoder.", "cell_head."))]
+    frozen = [k for k in before if k.startswith(("decoder.", "encoder.", "cell_head.", "pos_head."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     for group in ("resampler.", "xattn.", "media_emb"):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(group)), group
@@ -198,3 +198,18 @@ def test_gated_layers_sit_before_every_kth_block_and_phases_freeze_as_the_paper_
     trains = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
     assert trains == {"resampler", "xattn", "media_emb"}
     assert FL.PHASES["mixture"]["tasks"] == FL.parse_mix(FL.Config.mix)
+
+
+def test_cell_pos_names_each_patch_cell_and_trains_only_in_vision():
+    """cell_pos: the 'vision' objective also asks every patch which of the 9 cells it lies in (the
+    2x2 patches of a cell in the 6x6 grid share one), with a head that only 'vision' trains."""
+    assert FL.patch_cells(6).view(6, 6)[::2, ::2].flatten().tolist() == list(range(9))
+    assert torch.equal(FL.patch_cells(6).view(3, 2, 3, 2), FL.patch_cells(6).view(3, 2, 3, 2)[:, :1, :, :1].expand(3, 2, 3, 2))
+    losses = {}
+    for on in (False, True):
+        m = make("vision", cell_pos=on)
+        b = batch("cells")
+        losses[on] = m.cell_words(b["tokens"], b["targets"], b["media"])[1]
+        trains = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+        assert trains == {"encoder", "cell_head", "pos_head"}
+    assert losses[True] > losses[False] + 1.0  # + about ln 9 from the untrained 9-way head

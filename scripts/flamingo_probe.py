@@ -1,0 +1,44 @@
+"""Where is position (and size) lost? Linear probes on a Flamingo checkpoint's frozen features of
+single-object images: the ViT's 36 patch features (+ space_emb, as the Resampler reads them) and
+the Resampler's latents, each flattened and mean-pooled, predict the object's cell (9-way) and size (2-way).
+usage: PYTHONPATH=. python scripts/flamingo_probe.py CKPT [N_TRAIN]"""
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import train
+from data import world
+
+torch.set_num_threads(1)
+model, tok, ck = train.load_model(sys.argv[1])
+n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+rng = np.random.default_rng(0)
+imgs, cell, size = [], [], []
+for _ in range(n_train + 500):
+    scene = world.sample_scene(rng, max_objects=1)
+    imgs.append(torch.from_numpy(world.render_scene(scene, rng)).permute(2, 0, 1).float() / 255)
+    cell.append(scene[0].cell), size.append(world.SIZES.index(scene[0].size))
+imgs, cell, size = torch.stack(imgs), torch.tensor(cell), torch.tensor(size)
+feats = {"vit": [], "resampler": [], "vit mean": [], "resampler mean": []}
+with torch.no_grad():
+    for j in range(0, len(imgs), 100):
+        x = model.encoder(imgs[j:j + 100])  # (n, 36, D)
+        feats["vit"].append(x.flatten(1))
+        lat = model.resampler(x[:, None])  # (n, L, D)
+        feats["resampler"].append(lat.flatten(1))  # (n, L*D)
+        # what one uniform cross-attention read would see: the mean over tokens
+        feats["vit mean"].append(x.mean(1)), feats["resampler mean"].append(lat.mean(1))
+for name, f in feats.items():
+    f = torch.cat(f)
+    f = (f - f[:n_train].mean(0)) / (f[:n_train].std(0) + 1e-5)
+    for target, y, k in (("cell", cell, 9), ("size", size, 2)):
+        w = torch.zeros(f.size(1), k, requires_grad=True)
+        b = torch.zeros(k, requires_grad=True)
+        opt = torch.optim.Adam([w, b], 1e-2, weight_decay=1e-4)
+        for _ in range(300):
+            loss = F.cross_entropy(f[:n_train] @ w + b, y[:n_train])
+            opt.zero_grad(), loss.backward(), opt.step()
+        acc = float(((f[n_train:] @ w + b).argmax(1) == y[n_train:]).float().mean())
+        print(f"{name:10s} {target:5s} held-out probe accuracy {acc:.3f} (train loss {float(loss):.3f})")
