@@ -470,7 +470,7 @@ class Model(nn.Module):
             raise ValueError("the 'vision' head names the 3x3 cells of the world: it needs a 6x6 patch grid")
         cellwise = merge_patches(x, 2)  # (N, 9, 4D)
         logits = self.cell_head(cellwise).view(N, 27, -1)  # (N, 27, vocab)
-        loss = None
+        loss, aux = None, {}
         if targets is not None:
             keep = targets != -100
             if not bool((keep.sum(1) == 28).all()):
@@ -482,8 +482,9 @@ class Model(nn.Module):
                 # content: the Resampler is a set function and its latents can keep only what the
                 # features hold. (The cell head alone knows a cell by its slot, and lets that fade.)
                 cell = patch_cells(6).to(x.device).expand(N, 36)  # (N, 36): patch -> its cell
-                loss = loss + F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
-        return logits, loss, {}
+                aux["cell_pos"] = F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
+                loss = loss + aux["cell_pos"]
+        return logits, loss, aux
 
     @torch.no_grad()
     def generate(self, tokens, media=None, max_new_tokens=8, temperature=1.0, top_k=None):

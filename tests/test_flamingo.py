@@ -205,11 +205,13 @@ def test_cell_pos_names_each_patch_cell_and_trains_only_in_vision():
     2x2 patches of a cell in the 6x6 grid share one), with a head that only 'vision' trains."""
     assert FL.patch_cells(6).view(6, 6)[::2, ::2].flatten().tolist() == list(range(9))
     assert torch.equal(FL.patch_cells(6).view(3, 2, 3, 2), FL.patch_cells(6).view(3, 2, 3, 2)[:, :1, :, :1].expand(3, 2, 3, 2))
-    losses = {}
+    losses, auxes = {}, {}
     for on in (False, True):
         m = make("vision", cell_pos=on)
         b = batch("cells")
-        losses[on] = m.cell_words(b["tokens"], b["targets"], b["media"])[1]
+        _, losses[on], auxes[on] = m.cell_words(b["tokens"], b["targets"], b["media"])
         trains = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
         assert trains == {"encoder", "cell_head", "pos_head"}
-    assert losses[True] > losses[False] + 1.0  # + about ln 9 from the untrained 9-way head
+    assert auxes[False] == {} and set(auxes[True]) == {"cell_pos"}  # the term is named, as the contract asks
+    assert torch.allclose(losses[True], losses[False] + auxes[True]["cell_pos"])
+    assert auxes[True]["cell_pos"] > 1.0  # about ln 9 from the untrained 9-way head
