@@ -279,9 +279,11 @@ class Model(nn.Module):
         self.adapter.glu = MLP(C, cfg.mlp_hidden)
         self.adapter.norm = RMSNorm(C) if cfg.adapter_norm else nn.Identity()
         self.adapter.boi, self.adapter.eoi = nn.Parameter(torch.zeros(C)), nn.Parameter(torch.zeros(C))
-        # the 'vision' phase's throw-away heads: each cell's 3 words from the kept top layer, and the
-        # bag of the table's words from the mean of the dropped layer (a CLS-like, global objective)
-        self.cell_head = nn.Linear(D, 9 * cfg.cell_pos + 3 * cfg.vocab_size)
+        # the 'vision' phase's throw-away heads: each cell's own place (cell_pos) and its 3 words from
+        # the kept top layer, and the bag of the table's words from the mean of the dropped layer (a
+        # CLS-like, global objective)
+        self.pos_head = nn.Linear(D, 9)
+        self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
         self.bag_head = nn.Linear(cfg.vit_embd, cfg.vocab_size)
         self.n_patch = (cfg.image_size // cfg.patch // s) ** 2
         self.media_tokens = {"image": self.n_patch + 2}  # boi, patches, eoi
@@ -369,11 +371,8 @@ class Model(nn.Module):
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one merged token "
                              "per cell, image_size / (patch x merge) == 3")
         kept = self.encoder(images)  # (N, 36, D), the layers the LM will read
-        z = self.cell_head(self.patches(kept))  # (N, 9, [9 +] 3 * vocab)
-        # cell_pos: the first 9 logits name the token's own cell. All patches of an image share one
-        # rotary position in the LM (sec 2.1), so a token's place must travel in its content
-        where, z = z[..., :9 * self.cfg.cell_pos], z[..., 9 * self.cfg.cell_pos:]
-        logits = z.reshape(z.size(0), 3 * z.size(1), -1)  # (N, 27, vocab)
+        cells = self.patches(kept)  # (N, 9, D)
+        logits = self.cell_head(cells).reshape(cells.size(0), 27, -1)  # (N, 27, vocab)
         bag = self.bag_head(self.encoder.blocks[-1](kept).mean(1))  # (N, vocab), the removed layer's job
         loss, aux = None, {}
         if targets is not None:
@@ -386,8 +385,10 @@ class Model(nn.Module):
                 bag.float(), present, reduction="sum") / (bag.size(0) * n)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), words.flatten()) + aux["bag"]
             if self.cfg.cell_pos:
-                cell = torch.arange(9, device=where.device).repeat(where.size(0))
-                aux["cell_pos"] = F.cross_entropy(where.flatten(0, 1).float(), cell)
+                # each token also names its own cell: all patches of an image share one rotary
+                # position in the LM (sec 2.1), so a token's place must travel in its content
+                cell = torch.arange(9, device=cells.device).repeat(cells.size(0))
+                aux["cell_pos"] = F.cross_entropy(self.pos_head(cells).flatten(0, 1).float(), cell)
                 loss = loss + aux["cell_pos"]
         return logits, loss, aux
 
@@ -449,8 +450,8 @@ class Model(nn.Module):
 # trains in 'vision' only. docs/cogvlm.md has the measurements behind the numbers.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "cell_head", "bag_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,
-                   batch_size=64, objective="cell_words"),
+    "vision": dict(train=["encoder", "cell_head", "pos_head", "bag_head"], tasks={"cells": 1.0}, steps=500,
+                   lr=1.4e-3, batch_size=64, objective="cell_words"),
     "caption": dict(train=["expert", "adapter"], tasks={"caption": 1.0}, steps=200, lr=2e-3, batch_size=32),
     "vqa": dict(train=["expert", "adapter"], tasks={"vqa": 1.0}, steps=2500, lr=2e-3, batch_size=16),
 }

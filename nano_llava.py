@@ -240,9 +240,10 @@ class Model(nn.Module):
         # the LLM could not work on image positions (e.g. write a token's place into it; docs/llava.md).
         self.projector = nn.Sequential(*mlp, *([RMSNorm(C)] if cfg.proj_norm else []))
         self.decoder = Decoder(cfg.vocab_size, C, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq, cfg.rope_base)
-        # the 'vision' phase's throw-away head: each cell token names its size, colour and shape, and
-        # which of the 9 cells it is
-        self.cell_head = nn.Linear(D, 9 + 3 * cfg.vocab_size)
+        # the 'vision' phase's throw-away heads: each cell token names which of the 9 cells it is, and
+        # its size, colour and shape
+        self.pos_head = nn.Linear(D, 9)
+        self.cell_head = nn.Linear(D, 3 * cfg.vocab_size)
         self.media_tokens = {"image": (cfg.image_size // cfg.patch // cfg.pixel_shuffle) ** 2}
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
@@ -303,8 +304,8 @@ class Model(nn.Module):
         if self.media_tokens["image"] != 9:
             raise ValueError("the 'vision' head names the 9 cells of the world's grid: it needs one image token per "
                              "cell, image_size / (patch x pixel_shuffle) == 3")
-        z = self.cell_head(self.image_tokens(images))  # (N, 9, 9 + 3 * vocab)
-        logits = z[..., 9:].reshape(z.size(0), 27, -1)  # (N, 27, vocab)
+        x = self.image_tokens(images)  # (N, 9, D)
+        logits = self.cell_head(x).reshape(x.size(0), 27, -1)  # (N, 27, vocab)
         loss, aux = None, {}
         if targets is not None:
             keep, n = targets != -100, logits.size(1)
@@ -317,8 +318,8 @@ class Model(nn.Module):
                 # LLM can answer "where is the red circle?" by reading the red circle's token instead
                 # of counting its offset from the image's start. CLIP's tokens keep where they are
                 # from its position embeddings; the words alone let that fade here (docs/llava.md).
-                cell = torch.arange(9, device=z.device).expand(z.size(0), 9)
-                aux["cell_pos"] = F.cross_entropy(z[..., :9].flatten(0, 1).float(), cell.flatten())
+                cell = torch.arange(9, device=x.device).expand(x.size(0), 9)
+                aux["cell_pos"] = F.cross_entropy(self.pos_head(x).flatten(0, 1).float(), cell.flatten())
                 loss = loss + aux["cell_pos"]
         return logits, loss, aux
 
@@ -371,8 +372,8 @@ class Model(nn.Module):
 # decay, the embeddings and the projector keep 0.1. The ablations are in docs/llava.md.
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=250, lr=3e-3, batch_size=64),
-    "vision": dict(train=["encoder", "cell_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3, batch_size=64,
-                   objective="cell_words"),
+    "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,
+                   batch_size=64, objective="cell_words"),
     "align": dict(train=["projector"], tasks={"caption": 1.0}, steps=100, lr=2e-3, batch_size=64),
     "instruct": dict(train=["projector", "decoder"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"],
                      steps=5500, lr=3e-3, batch_size=16, weight_decay={"decoder.blocks": 1.0}),

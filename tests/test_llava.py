@@ -92,7 +92,7 @@ def test_phases_freeze_as_the_papers_say():
     groups = lambda m: {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
     assert groups(make("instruct")) == {"projector", "decoder"}
     assert groups(make("text")) == {"decoder"}
-    assert groups(make("vision")) == {"encoder", "cell_head"}
+    assert groups(make("vision")) == {"encoder", "cell_head", "pos_head"}
     assert list(L.PHASES) == ["text", "vision", "align", "instruct"]
     with pytest.raises(ValueError, match="unknown phase"):
         make("pretrain")
@@ -128,7 +128,7 @@ def test_vision_head_names_each_cell_from_its_own_token(monkeypatch):
     words = b["targets"][b["targets"] != -100].view(3, 28)[:, :27]
     assert logits.shape == (3, 27, len(TOK))
     word_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), words.flatten())
-    z = m.cell_head(m.image_tokens(b["media"]["image"]))[..., :9]  # (3, 9 tokens, 9 cells)
+    z = m.pos_head(m.image_tokens(b["media"]["image"]))  # (3, 9 tokens, 9 cells)
     cell_loss = torch.nn.functional.cross_entropy(z.flatten(0, 1), torch.arange(9).repeat(3))
     assert set(aux) == {"cell_pos"} and torch.allclose(aux["cell_pos"], cell_loss)
     assert torch.allclose(loss, word_loss + cell_loss)
