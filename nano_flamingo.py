@@ -545,7 +545,7 @@ class Model(nn.Module):
 # 'mixture' takes its task weights from Config.mix's default: train.py reads the tasks from here, so a
 # --mix flag changes the Config but not the data (docs/flamingo.md). Weight decay 0 on the Resampler
 # as in sec 4.1.4; the gates are scalars and never decay. (Shorter text and vision phases, tried for the
-# 10-minute bar, cost VQA: docs/flamingo.md, session 2.)
+# 10-minute bar, cost VQA: docs/flamingo.md, "The cell_pos round".)
 PHASES = {
     "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=600, lr=3e-3, batch_size=64),
     "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,

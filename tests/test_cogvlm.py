@@ -74,6 +74,20 @@ def test_after_begin_phase_image_positions_use_exactly_the_lm_weights():
         assert not torch.allclose(block(x, expert, M.Route(image), cos, sin), lm_only, atol=1e-3)
 
 
+def test_word_scale_starts_image_tokens_at_the_lm_words_rms():
+    """word_scale: begin_phase sets the adapter norm's gain to the RMS of the LM's word embeddings,
+    so the adapter's output has exactly that RMS; without it the gain stays at 1."""
+    for on in (True, False):
+        m = make(word_scale=on)
+        scramble(m.decoder.emb, scale=0.05)  # an embedding whose RMS is not the init's
+        m.begin_phase("caption")
+        words = m.decoder.emb.weight.pow(2).mean().sqrt()
+        gain = m.adapter.norm.weight
+        assert torch.allclose(gain, words.expand_as(gain) if on else torch.ones_like(gain))
+        out = m.adapter.norm(torch.randn(5, gain.numel()))  # (5, C), any input
+        assert torch.allclose(out.pow(2).mean(-1).sqrt(), (words if on else torch.ones(())).expand(5), rtol=1e-3)
+
+
 def test_expert_changes_image_and_later_text_but_never_text_before_the_first_image():
     m = make()
     ids, media = encode(m, ["what colour is the circle? <image> what shape is it?"], [1])

@@ -204,7 +204,8 @@ def test_cell_pos_names_each_patch_cell_and_trains_only_in_vision():
     """cell_pos: the 'vision' objective also asks every patch which of the 9 cells it lies in (the
     2x2 patches of a cell in the 6x6 grid share one), with a head that only 'vision' trains."""
     assert FL.patch_cells(6).view(6, 6)[::2, ::2].flatten().tolist() == list(range(9))
-    assert torch.equal(FL.patch_cells(6).view(3, 2, 3, 2), FL.patch_cells(6).view(3, 2, 3, 2)[:, :1, :, :1].expand(3, 2, 3, 2))
+    blocks = FL.patch_cells(6).view(3, 2, 3, 2)  # (cell row, row in cell, cell col, col in cell)
+    assert torch.equal(blocks, blocks[:, :1, :, :1].expand(3, 2, 3, 2))  # a cell's 2x2 patches share it
     losses, auxes = {}, {}
     for on in (False, True):
         m = make("vision", cell_pos=on)
