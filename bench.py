@@ -148,8 +148,8 @@ def build(name, args, extra):
     if spec:
         batch = synthetic_batch(trainer, args.batch_size or spec["batch"], spec["text"], spec["media"])
     else:  # a real batch of the recipe's last phase
-        rows = args.batch_size or mod.PHASES[last]["batch_size"]
-        ds = Mixture(mod.PHASES[last]["tasks"], "train", rows, targs.seed)
+        rows = args.batch_size or trainer.specs[last]["batch_size"]
+        ds = Mixture(trainer.specs[last]["tasks"], "train", rows, targs.seed)
         batch = trainer.collator([ds[i] for i in range(rows)])
     trainer.model.set_phase(last)  # its forward path; then train every parameter
     trainer.model.requires_grad_(True)

@@ -198,7 +198,7 @@ def sample(args):
     torch.manual_seed(args.seed)
     collator = Collator(tok, model.media_tokens, getattr(model.cfg, "max_seq", None))
     own = args.prompt or any(getattr(args, m) for m in USER_MEDIA)
-    prompts = user_prompt(args) if own else toy_prompts(args, ck["phase"], train.model_module(ck["model_name"]).PHASES)
+    prompts = user_prompt(args) if own else toy_prompts(args, ck["phase"], train.recipe(train.model_module(ck["model_name"]), model.cfg))
     max_new = args.max_new_tokens or (32 if own else max(collator.length(t) for _, t in prompts) + 1)
     print(f"{ck['model_name']} after phase {ck['phase']!r} (step {ck['step']}), {len(prompts)} prompt(s)")
     try:

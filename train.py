@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from data import COMPOSE, IGNORE, Collator, Folder, Mixture, Tokenizer, get_sample, judge, make_loader
+from data import COMPOSE, IGNORE, TASKS, Collator, Folder, Mixture, Tokenizer, get_sample, judge, make_loader
 from data.collate import Epochs
 from data.errors import UserError
 from data.judges import judge_name
@@ -108,6 +108,9 @@ def build_parser():
     flag("--eval_every", type=COUNT, default=0, help="evaluate every N steps (default: ceil(steps/4), and at the end)")
     flag("--eval_samples", type=POSITIVE, default=100, help="held-out samples per task for scores, and for val loss")
     flag("--final_samples", type=POSITIVE, default=500, help="samples per task for the final test/compose report")
+    flag("--tasks", default=None, help="with --phase: train on this task mixture instead of the phase's own, "
+         "e.g. text:1,read:1")
+    flag("--eval", default=None, help="with --phase: judge these tasks instead of the phase's own, e.g. vqa,read")
     flag("--data", default=None, help="train on these records (a folder with data.jsonl, or a .jsonl or LLaVA "
          ".json file) instead of the toy world")
     flag("--image_folder", default=None, help="--data's media paths are relative to this (default: its folder)")
@@ -142,6 +145,35 @@ def config_value(field, text):
         raise UserError(f"--{field.name} expects a {kind.__name__}, got {text!r}")
 
 
+def task_weights(text):
+    """'text:1,read:2' -> {'text': 1.0, 'read': 2.0} (a bare name weighs 1), every name a toy task."""
+    out = {}
+    for part in text.split(","):
+        name, _, w = part.strip().partition(":")
+        if name not in TASKS:
+            raise UserError(f"unknown task {name!r} in {text!r}; available: {', '.join(TASKS)}")
+        try:
+            out[name] = float(w or 1)
+        except ValueError:
+            raise UserError(f"task weight {w!r} of {name!r} is not a number")
+        if not (out[name] >= 0 and math.isfinite(out[name])):
+            raise UserError(f"task weight of {name!r} must be a number, 0 or more: {w!r}")
+    if not sum(out.values()) > 0:
+        raise UserError(f"the task weights {text!r} sum to 0")
+    return out
+
+
+def recipe(mod, cfg):
+    """A model's PHASES with each phase's task weights resolved: a phase's `tasks` is a dict, or the
+    name of a Config field that holds them as "task:weight,..." (Flamingo's `mix`), so that a flag
+    for that field changes the data too."""
+    out = {}
+    for phase, spec in mod.PHASES.items():
+        tasks = spec["tasks"]
+        out[phase] = {**spec, "tasks": task_weights(getattr(cfg, tasks)) if isinstance(tasks, str) else dict(tasks)}
+    return out
+
+
 def parse_args(argv=None):
     """The trainer's flags, then the model's Config fields as --field value."""
     args, rest = build_parser().parse_known_args(argv)
@@ -161,6 +193,12 @@ def parse_args(argv=None):
         i += 1
     if args.phase is not None and args.phase not in mod.PHASES:
         raise UserError(f"unknown phase {args.phase!r} for {args.model}; phases: {', '.join(mod.PHASES)}")
+    if (args.tasks or args.eval) and args.phase is None:
+        raise UserError("--tasks and --eval change one phase: name it with --phase")
+    if args.tasks:
+        args.tasks = task_weights(args.tasks)
+    if args.eval:
+        args.eval = list(task_weights(args.eval))
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in out_dir and --overwrite replaces it: pass one")
     args.out_dir = args.out_dir or os.path.join("out", args.model)
@@ -526,11 +564,17 @@ class Trainer:
         bf16 = args.dtype == "bf16" or (args.dtype == "auto" and self.device.type == "cuda")
         self.ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         self.phases = [args.phase] if args.phase else list(mod.PHASES)
+        self.specs = dict(mod.PHASES)  # the recipe; its tasks are resolved once the Config is known
         self.resume = self.find_resume() if args.resume else None  # (run.json, its latest checkpoint)
         start = read_checkpoint(args.init_from) if args.init_from else None
         self.data = self.open_data() if args.data else None
         self.tok = self.pick_tokenizer(start)
         self.cfg = build_config(mod, self.tok, overrides)
+        self.specs = recipe(mod, self.cfg)
+        if args.tasks:
+            self.specs[args.phase]["tasks"] = args.tasks
+        if args.eval:
+            self.specs[args.phase]["eval"] = args.eval
         torch.manual_seed(args.seed)
         self.model = mod.Model(self.cfg).to(self.device)
         self.begun = []  # phases whose begin_phase these weights have been through (kept in checkpoints)
@@ -569,7 +613,7 @@ class Trainer:
     def open_data(self):
         """{"train", "val"}: the user's records, every one checked now, and the held-out ones."""
         a = self.args
-        objective = [p for p in self.phases if self.mod.PHASES[p].get("objective")]
+        objective = [p for p in self.phases if self.specs[p].get("objective")]
         if objective:
             raise UserError(f"--data replaces a phase's toy tasks, but phase {objective[0]!r} trains its own "
                             f"objective on toy data; choose the phases to run with --phase")
@@ -619,7 +663,7 @@ class Trainer:
 
     def plan(self, phase):
         """(steps, lr, batch_size) of a phase: the flags if given, else the recipe's."""
-        spec, a = self.mod.PHASES[phase], self.args
+        spec, a = self.specs[phase], self.args
         return (spec["steps"] if a.steps is None else a.steps, spec["lr"] if a.lr is None else a.lr,
                 spec["batch_size"] if a.batch_size is None else a.batch_size)
 
@@ -628,7 +672,8 @@ class Trainer:
         a = self.args
         run = {k: getattr(a, k) for k in RESUMABLE if hasattr(a, k)}
         run["config"] = dataclasses.asdict(self.cfg)
-        run["phases"] = {p: dict(zip(("steps", "lr", "batch_size"), self.plan(p))) for p in self.phases}
+        run["phases"] = {p: dict(zip(("steps", "lr", "batch_size"), self.plan(p)), tasks=self.specs[p]["tasks"],
+                                 eval=eval_tasks(self.specs[p])) for p in self.phases}
         return run
 
     def find_resume(self):
@@ -650,14 +695,11 @@ class Trainer:
     def check_same_run(self, run):
         """--resume with other flags than the run's own would silently train something else: refuse,
         naming each difference."""
-        now, diffs = json.loads(json.dumps(self.identity())), []
-        for key in sorted(set(run) | set(now)):
-            was, is_ = run.get(key), now.get(key)
-            if isinstance(was, dict) and isinstance(is_, dict):
-                diffs += [f"{key}.{k}: {was.get(k)!r} in the run, {is_.get(k)!r} now"
-                          for k in sorted(set(was) | set(is_)) if was.get(k) != is_.get(k)]
-            elif was != is_:
-                diffs.append(f"{key}: {was!r} in the run, {is_!r} now")
+        def differences(was, now, where=""):
+            if isinstance(was, dict) and isinstance(now, dict):
+                return [d for k in sorted(set(was) | set(now)) for d in differences(was.get(k), now.get(k), where + k + ".")]
+            return [] if was == now else [f"{where[:-1]}: {was!r} in the run, {now!r} now"]
+        diffs = differences(run, json.loads(json.dumps(self.identity())))
         if diffs:
             raise UserError(f"--resume continues the run in {self.args.out_dir} as it was started; these differ:\n  "
                             + "\n  ".join(diffs) + "\npass the run's own flags, or start a new run in another --out_dir")
@@ -666,10 +708,10 @@ class Trainer:
         return os.path.join(self.args.out_dir, f"{phase}.pt")
 
     def collator_for(self, phase):
-        return phase_collator(self.model, self.tok, self.mod.PHASES[phase])
+        return phase_collator(self.model, self.tok, self.specs[phase])
 
     def net_for(self, phase):
-        return phase_net(self.model, self.mod.PHASES[phase])
+        return phase_net(self.model, self.specs[phase])
 
     # -- the run
 
@@ -724,7 +766,7 @@ class Trainer:
         """n training samples of a phase: its toy task mixture, or the user's records in epochs."""
         if self.data:
             return Epochs(self.data["train"], n, self.args.seed)
-        return Mixture(self.mod.PHASES[phase]["tasks"], "train", n, self.args.seed)
+        return Mixture(self.specs[phase]["tasks"], "train", n, self.args.seed)
 
     def deadline(self, phase):
         """When a time budget ends this phase: the budget shared by the phases' step counts."""
@@ -735,7 +777,7 @@ class Trainer:
         return self.start + 60 * self.args.max_minutes * share
 
     def train_phase(self, phase, gstep, state):
-        a, spec = self.args, self.mod.PHASES[phase]
+        a, spec = self.args, self.specs[phase]
         steps, peak_lr, B = self.plan(phase)
         self.model.set_phase(phase)
         if state is None and phase not in self.begun:  # a fresh start: the phase's one-time set-up
@@ -840,7 +882,7 @@ class Trainer:
         return [ds[i] for i in range(n)]
 
     def scores(self, phase, split, n, tasks=None):
-        spec = self.mod.PHASES[phase]
+        spec = self.specs[phase]
         judged = score_objective if spec.get("objective") else score_replies
         return judged(self.net_for(phase), self.collator_for(phase), self.judge_sets(tasks or eval_tasks(spec), split, n),
                       self.device, self.ctx)
@@ -850,7 +892,7 @@ class Trainer:
         tasks; the model's diagnostics; at the phase's end, the test loss on text, so that what a
         phase does to the language model is a logged number."""
         if self.master:
-            a, spec = self.args, self.mod.PHASES[phase]
+            a, spec = self.args, self.specs[phase]
             val = mean_loss(self.net_for(phase), self.collator_for(phase), self.val_samples(spec, a.eval_samples),
                             self.device, self.ctx)
             scores = self.scores(phase, "val", a.eval_samples)
@@ -889,7 +931,7 @@ class Trainer:
 
     def loss_tasks(self):
         """Every toy task the recipe trains through forward, and text, that this model can take."""
-        names = ["text"] + [t for spec in self.mod.PHASES.values() if not spec.get("objective") for t in spec["tasks"]]
+        names = ["text"] + [t for spec in self.specs.values() if not spec.get("objective") for t in spec["tasks"]]
         takes = lambda t: {m["type"] for m in get_sample(t, "test", 0)["media"]} <= set(self.model.media_tokens)
         return [t for t in dict.fromkeys(names) if takes(t)]
 
@@ -899,7 +941,7 @@ class Trainer:
         text included; and the text test loss after each phase, read from the log. A --data run is
         judged on its held-out records instead."""
         a, last, n = self.args, self.phases[-1], self.args.final_samples
-        tasks = eval_tasks(self.mod.PHASES[last])
+        tasks = eval_tasks(self.specs[last])
         res = {"minutes": (time.time() - self.start) / 60}
         for split, names in (("test", tasks), ("compose", [t for t in tasks if t in COMPOSE and not self.data])):
             res[split] = self.scores(last, split, n, names) if names else {}

@@ -288,9 +288,30 @@ def text(split, index, seed=0):
             "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)], "media": []}
 
 
+def read(split, index, seed=0, turns=4):
+    """Reading comprehension in the chat template: a scene in words, before or after the first
+    question as `vqa` places its image, then `turns` distinct questions, each answered in turn (the
+    loss is on the answers). What a language model that is frozen afterwards (Flamingo, CogVLM)
+    must already do well: every answer it will ever give about an image, it looks up like this."""
+    def sample(rng):
+        while True:  # never a held-out pair, as in `text`
+            scene = world.sample_scene(rng)
+            if not world.is_novel(scene):
+                return scene
+    scene, rng = draw("read", split, index, seed, sample)
+    qa = []
+    while len(qa) < turns:
+        kind, question, answer = ask(scene, rng, split)
+        if question not in [q for _, q, _ in qa]:
+            qa.append((kind, question, answer))
+    texts = [t for _, q, a in qa for t in (q, a)]
+    texts[0] = with_image(texts[0], rng).replace("<image>", world.describe(scene) + ".")
+    return _sample("read", split, index, qa[-1][0], texts)
+
+
 TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, interleaved_long,
-                                 text_to_image, audio_qa, speech, video_qa, text)}
-COMPOSE = set(TASKS) - {"speech", "text"}  # the tasks with held-out combinations, hence a compose split
+                                 text_to_image, audio_qa, speech, video_qa, text, read)}
+COMPOSE = set(TASKS) - {"speech", "text", "read"}  # the tasks with held-out combinations, hence a compose split
 
 
 def get_sample(task, split, index, seed=0):

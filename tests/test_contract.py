@@ -53,7 +53,8 @@ def run(net, b, targets=True):
 def phases(name, generating=False):
     """(phase, spec) of a model's recipe; with generating=True only those trained through forward."""
     mod = train.model_module(name)
-    return [(p, s) for p, s in mod.PHASES.items() if not (generating and s.get("objective"))]
+    specs = train.recipe(mod, train.build_config(mod, TOK, tiny(name)))
+    return [(p, s) for p, s in specs.items() if not (generating and s.get("objective"))]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -193,7 +194,7 @@ def test_train_runs_every_phase_of_the_recipe(name, tmp_path):
                       "--eval_samples", "4", "--final_samples", "4", "--threads", "1", *flags])
     mod = train.model_module(name)
     assert all((tmp_path / f"{p}.pt").exists() for p in mod.PHASES)
-    spec = mod.PHASES[list(mod.PHASES)[-1]]
+    spec = phases(name)[-1][1]
     assert set(res["test"]) == {t for t in train.eval_tasks(spec) if train.prompted(t, "test", 4)}
     assert "text" in res["test_loss"] and list(res["text_loss_after"]) == list(mod.PHASES)
     _, _, ck = train.load_model(str(tmp_path / f"{list(mod.PHASES)[-1]}.pt"))

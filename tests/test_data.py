@@ -24,7 +24,7 @@ from data.tokenizer import MEDIA, SPECIALS, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA_TOKENS = {"image": 5, "audio": 3, "speech": 2, "video": 4}
-NO_COMPOSE = {"speech", "text"}
+NO_COMPOSE = {"speech", "text", "read"}
 HOLDOUT = ("train", "val", "test")
 TOK = Tokenizer()
 MARKER_IDS = {TOK.stoi[f"<{m}>"]: m for m in MEDIA}
@@ -374,18 +374,37 @@ def test_text_conversations_answer_from_the_described_scene():
             continue
         templates[len(turns)] += 1
         described, question = turns[0].rsplit(". ", 1)
-        scene = [world.Obj(world.POSITIONS.index(p), c, sh, z) for z, c, sh, p in SCENE_RE.findall(described)]
-        assert world.describe(scene) == described, s["id"]
-        questions = [question] + turns[2::2]
-        assert len(set(questions)) == len(questions), s["id"]
-        for q, answer in zip(questions, turns[1::2]):
-            if q == "how many shapes are there?":
-                assert answer == tasks.NUMBERS[len(scene)], s["id"]
-                continue
-            (match, asks), = [(re.fullmatch(p, q), a) for p, a in QUESTIONS if re.fullmatch(p, q)]
-            (o,) = [o for o in scene if all(getattr(o, k) == v for k, v in match.groupdict().items())]
-            assert answer == (world.POSITIONS[o.cell] if asks == "position" else getattr(o, asks)), s["id"]
+        answered_from(described, [question] + turns[2::2], turns[1::2], s["id"])
     assert templates[2] >= 10 and templates[4] >= 10, templates
+
+
+def answered_from(described, questions, answers, sid):
+    """The questions are distinct, and each answer is right for the scene `described` in words."""
+    scene = [world.Obj(world.POSITIONS.index(p), c, sh, z) for z, c, sh, p in SCENE_RE.findall(described)]
+    assert world.describe(scene) == described and len(set(questions)) == len(questions), sid
+    for q, answer in zip(questions, answers):
+        if q == "how many shapes are there?":
+            assert answer == tasks.NUMBERS[len(scene)], sid
+            continue
+        (match, asks), = [(re.fullmatch(p, q), a) for p, a in QUESTIONS if re.fullmatch(p, q)]
+        (o,) = [o for o in scene if all(getattr(o, k) == v for k, v in match.groupdict().items())]
+        assert answer == (world.POSITIONS[o.cell] if asks == "position" else getattr(o, asks)), sid
+
+
+def test_read_asks_four_questions_about_a_scene_in_words():
+    """`read`: a scene in words before or after the first question (as `vqa` places its image), then
+    four distinct questions, each answered right for the scene; never a held-out pair; every kind."""
+    before, kinds = 0, Counter()
+    for split in HOLDOUT:
+        for s in samples("read", split, 60):
+            turns = [t["value"] for t in s["conversations"]]
+            assert len(turns) == 8 and not s["media"] and not pairs_in_text(turns[0]) & world.HELDOUT_PAIRS
+            first, second = turns[0].split("\n")
+            described, question = (first[:-1], second) if first.endswith(".") else (second[:-1], first)
+            before += first.endswith(".")
+            answered_from(described, [question] + turns[2::2], turns[1::2], s["id"])
+            kinds[s["kind"]] += split == "test"
+    assert 40 < before < 140 and set(kinds) == set(tasks.VQA_KINDS), (before, kinds)
 
 
 def test_compose_declaration_matches_the_tasks():

@@ -197,7 +197,9 @@ def test_gated_layers_sit_before_every_kth_block_and_phases_freeze_as_the_paper_
     m.set_phase("mixture")
     trains = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
     assert trains == {"resampler", "xattn", "media_emb"}
-    assert FL.PHASES["mixture"]["tasks"] == FL.parse_mix(FL.Config.mix)
+    cfg = train.build_config(FL, TOK, {"mix": "caption:1,interleaved:3"})
+    assert FL.PHASES["mixture"]["tasks"] == "mix"  # the data follows Config.mix, and so a --mix flag
+    assert train.recipe(FL, cfg)["mixture"]["tasks"] == {"caption": 1.0, "interleaved": 3.0}
 
 
 def test_cell_pos_names_each_patch_cell_and_trains_only_in_vision():

@@ -250,6 +250,11 @@ def fails(capsys, argv, message):
     (["--model", "llava", "--proj_norm", "maybe"], "--proj_norm expects true/false (or 1/0, yes/no), got 'maybe'"),
     (["--model", "llava", "--n_embd", "100", "--n_head", "3"], "bad nano_llava Config: n_embd must divide by n_head"),
     (["--model", "llava", "--resume", "--overwrite"], "pass one"),
+    (["--model", "llava", "--tasks", "vqa:1"], "--tasks and --eval change one phase: name it with --phase"),
+    (["--model", "llava", "--phase", "instruct", "--tasks", "vqa:1,riddles:2"], "unknown task 'riddles'"),
+    (["--model", "llava", "--phase", "instruct", "--tasks", "vqa:often"], "task weight 'often' of 'vqa' is not a"),
+    (["--model", "llava", "--phase", "instruct", "--tasks", "vqa:0"], "the task weights 'vqa:0' sum to 0"),
+    (["--model", "llava", "--phase", "instruct", "--eval", "vqa,riddles"], "unknown task 'riddles'"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys, argv, message):
     err = fails(capsys, [*argv, "--out_dir", str(tmp_path)], message)
@@ -331,10 +336,11 @@ def test_resume_with_changed_flags_is_refused(tmp_path, monkeypatch, capsys):
     run(out, *args)
     base = ["--model", "llava", "--out_dir", str(out), "--eval_samples", "8", *TINY, *args, "--resume"]
     err = fails(capsys, [*base, "--steps", "8"], "these differ")
-    assert "phases.instruct: {'steps': 4, 'lr': 0.003, 'batch_size': 2} in the run, {'steps': 8" in err
+    assert "phases.instruct.steps: 4 in the run, 8 now" in err
     assert "seed: 0 in the run, 1 now" in fails(capsys, [*base, "--seed", "1"], "these differ")
-    assert "'lr': 0.003, 'batch_size': 2} in the run, {'steps': 4, 'lr': 0.001" in fails(
-        capsys, [*base, "--lr", "1e-3"], "these differ")
+    assert "phases.instruct.lr: 0.003 in the run, 0.001 now" in fails(capsys, [*base, "--lr", "1e-3"], "these differ")
+    err = fails(capsys, [*base, "--tasks", "vqa"], "these differ")
+    assert "phases.instruct.tasks.vqa: None in the run, 1.0 now" in err and "tasks.conversation: 2.0 in the run" in err
     err = fails(capsys, [*base, "--mlp_hidden", "96"], "these differ")
     assert "config.mlp_hidden: 64 in the run, 96 now" in err
 
@@ -365,6 +371,22 @@ def test_time_budget_stops_a_phase_cleanly(tmp_path):
     ck = torch.load(tmp_path / "instruct.pt", weights_only=True)
     assert ck["done"] and 0 < ck["step"] < 100000
     assert [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
+
+
+def test_tasks_and_eval_replace_one_phases_mixture(tmp_path, monkeypatch):
+    """--phase instruct --tasks vqa:1,caption:3 --eval vqa_one: the batches come from that mixture,
+    the judged tasks are those named, and run.json records both (so --resume checks them)."""
+    seen = []
+    encode = Collator.encode
+    monkeypatch.setattr(Collator, "encode", lambda self, s: seen.append(s["task"]) or encode(self, s))
+    run(tmp_path, "--phase", "instruct", "--steps", "6", "--batch_size", "8", "--tasks", "vqa:1,caption:3",
+        "--eval", "vqa_one", "--eval_every", "6", "--final_samples", "4")
+    trained = seen[:48]  # the 6 steps' batches come first: evaluation encodes after them
+    assert set(trained) == {"vqa", "caption"} and trained.count("caption") > trained.count("vqa")
+    evals = [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
+    assert [set(r["scores"]) for r in evals] == [{"vqa_one"}]
+    phase = json.load(open(tmp_path / "run.json"))["phases"]["instruct"]
+    assert phase["tasks"] == {"vqa": 1.0, "caption": 3.0} and phase["eval"] == ["vqa_one"]
 
 
 # ----------------------------------------------------------------------------- your own data
