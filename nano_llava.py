@@ -57,7 +57,7 @@ class Config:
     image_id: int = 4
     eos_id: int = 2
     n_layer: int = 4
-    n_head: int = 4
+    n_head: int = 8                # 8 heads of 16: 4 heads of 32 learned the position lookup less often
     n_embd: int = 128
     mlp_hidden: int = 352          # SwiGLU hidden, ~8/3 n_embd
     max_seq: int = 256
