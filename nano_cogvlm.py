@@ -33,7 +33,8 @@ The training recipe (PHASES, run in order by train.py):
            removes reads the kept one and learns a global, CLS-like objective of its own (which
            words the picture's table holds), so that it is the specialised layer the paper drops.
   caption  CogVLM stage 1 (sec 2.2): expert + adapter + span embeddings on image captioning.
-  vqa      stands for stage 2 / SFT (sec 2.2, 2.3): the same parameters on questions about images.
+  vqa      stands for stage 2 / SFT (sec 2.2, 2.3): the same parameters on questions about images,
+           single-object VQA and 4-question conversations 1:2 (measured: 0.728 against 0.620 on vqa).
 
 Simplified or changed: the ViT is tiny and trained here, with no CLS token (nothing pools it but
 the dropped layer's head). A 2x2 merge of neighbouring patches (not in CogVLM, whose 224px images
@@ -453,5 +454,7 @@ PHASES = {
     "vision": dict(train=["encoder", "cell_head", "pos_head", "bag_head"], tasks={"cells": 1.0}, steps=500,
                    lr=1.4e-3, batch_size=64, objective="cell_words"),
     "caption": dict(train=["expert", "adapter"], tasks={"caption": 1.0}, steps=200, lr=2e-3, batch_size=32),
-    "vqa": dict(train=["expert", "adapter"], tasks={"vqa": 1.0}, steps=2500, lr=2e-3, batch_size=16),
+    # judged on `vqa` (1-3 objects, one question) though trained on more answers per image: docs/cogvlm.md r3
+    "vqa": dict(train=["expert", "adapter"], tasks={"vqa_one": 1.0, "conversation": 2.0}, eval=["vqa"], steps=5500,
+                lr=3e-3, batch_size=16),
 }
