@@ -1,5 +1,5 @@
-"""Greedy VQA answers on 300 held-out test questions: accuracy per kind and the commonest
-(truth, reply) confusions. usage: PYTHONPATH=. python scripts/confusions.py CKPT [TASK]"""
+"""Greedy VQA answers on 300 questions of a split (held-out test by default): accuracy per kind and
+the commonest (truth, reply) confusions. usage: PYTHONPATH=. python scripts/confusions.py CKPT [TASK] [SPLIT]"""
 import collections
 import sys
 import train
@@ -7,7 +7,8 @@ from data import Collator, get_sample
 model, tok, ck = train.load_model(sys.argv[1])
 col = train.phase_collator(model, tok, {})
 task = sys.argv[2] if len(sys.argv) > 2 else "vqa"
-samples = [get_sample(task, "test", i) for i in range(300)]
+split = sys.argv[3] if len(sys.argv) > 3 else "test"
+samples = [get_sample(task, split, i) for i in range(300)]
 prompts, truths = zip(*map(Collator.prompt, samples))
 replies, _ = train.answer(model, col, prompts, 4, "cpu")
 res = collections.defaultdict(list)
