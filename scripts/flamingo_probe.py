@@ -1,6 +1,8 @@
 """Where is position (and size) lost? Linear probes on a Flamingo checkpoint's frozen features of
 single-object images: the ViT's 36 patch features (+ space_emb, as the Resampler reads them) and
 the Resampler's latents, each flattened and mean-pooled, predict the object's cell (9-way) and size (2-way).
+Then, per latent, the cell from that latent alone and from the last gated layer's values of it, and
+the singular values of each gated layer's value projection.
 usage: PYTHONPATH=. python scripts/flamingo_probe.py CKPT [N_TRAIN]"""
 import sys
 
@@ -42,3 +44,24 @@ for name, f in feats.items():
             opt.zero_grad(), loss.backward(), opt.step()
         acc = float(((f[n_train:] @ w + b).argmax(1) == y[n_train:]).float().mean())
         print(f"{name:10s} {target:5s} held-out probe accuracy {acc:.3f} (train loss {float(loss):.3f})")
+
+
+def cell_probe(f):  # held-out accuracy of a linear probe of the cell
+    f = (f - f[:n_train].mean(0)) / (f[:n_train].std(0) + 1e-5)
+    w = torch.zeros(f.size(1), 9, requires_grad=True)
+    b = torch.zeros(9, requires_grad=True)
+    opt = torch.optim.Adam([w, b], 1e-2, weight_decay=1e-4)
+    for _ in range(200):
+        loss = F.cross_entropy(f[:n_train] @ w + b, cell[:n_train])
+        opt.zero_grad(), loss.backward(), opt.step()
+    return round(float(((f[n_train:] @ w + b).argmax(1) == cell[n_train:]).float().mean()), 2)
+
+
+lat = torch.cat(feats["resampler"]).view(len(imgs), model.cfg.n_latents, -1)  # (n, L, D)
+with torch.no_grad():
+    v = model.xattn[-1].keys_values(lat)[1]  # (n, H, L, hd): what the last gated layer reads
+print("cell from one latent, per latent:", [cell_probe(lat[:, i]) for i in range(lat.size(1))])
+print("cell from the last gated layer's values of one latent:", [cell_probe(v[:, :, i].flatten(1)) for i in range(lat.size(1))])
+for j, g in enumerate(model.xattn):
+    sv = torch.linalg.svdvals(g.kv.weight[model.cfg.n_embd:].detach())
+    print(f"gated layer {j} value projection singular values: max {sv[0]:.2f} median {sv[len(sv) // 2]:.2f}")
