@@ -127,14 +127,20 @@ def conversation(split, index, seed=0, turns=4):
     """A multi-turn conversation about one image, as in LLaVA-Instruct: several questions, each
     answered (and trained on) in turn; never the same question twice. The kind is the last one's."""
     scene, rng, img = _image(split, index, seed, "conversation")
+    kind, texts = distinct_questions(scene, rng, split, turns)
+    texts[0] = with_image(texts[0], rng)
+    return _sample("conversation", split, index, kind, texts, [("image", img)])
+
+
+def distinct_questions(scene, rng, split, turns):
+    """`turns` distinct questions about a scene, each followed by its answer: (the last one's kind,
+    [q1, a1, q2, a2, ...]). Distinct, because a repeated question could be answered by copying."""
     qa = []
-    while len(qa) < turns:  # distinct questions: a repeat could be answered by copying
+    while len(qa) < turns:
         kind, question, answer = ask(scene, rng, split)
         if question not in [q for _, q, _ in qa]:
             qa.append((kind, question, answer))
-    texts = [t for _, q, a in qa for t in (q, a)]
-    texts[0] = with_image(texts[0], rng)
-    return _sample("conversation", split, index, qa[-1][0], texts, [("image", img)])
+    return qa[-1][0], [t for _, q, a in qa for t in (q, a)]
 
 
 def vqa_one(split, index, seed=0):
@@ -299,14 +305,9 @@ def read(split, index, seed=0, turns=4):
             if not world.is_novel(scene):
                 return scene
     scene, rng = draw("read", split, index, seed, sample)
-    qa = []
-    while len(qa) < turns:
-        kind, question, answer = ask(scene, rng, split)
-        if question not in [q for _, q, _ in qa]:
-            qa.append((kind, question, answer))
-    texts = [t for _, q, a in qa for t in (q, a)]
+    kind, texts = distinct_questions(scene, rng, split, turns)
     texts[0] = with_image(texts[0], rng).replace("<image>", world.describe(scene) + ".")
-    return _sample("read", split, index, qa[-1][0], texts)
+    return _sample("read", split, index, kind, texts)
 
 
 TASKS = {f.__name__: f for f in (caption, cells, vqa, vqa_one, conversation, interleaved, interleaved_long,

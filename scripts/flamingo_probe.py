@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import train
+from scripts.linear_probe import probe
 from data import world
 
 torch.set_num_threads(1)
@@ -32,29 +32,15 @@ with torch.no_grad():
         feats["resampler"].append(lat.flatten(1))  # (n, L*D)
         # what one uniform cross-attention read would see: the mean over tokens
         feats["vit mean"].append(x.mean(1)), feats["resampler mean"].append(lat.mean(1))
+fit = torch.arange(len(imgs)) < n_train
 for name, f in feats.items():
-    f = torch.cat(f)
-    f = (f - f[:n_train].mean(0)) / (f[:n_train].std(0) + 1e-5)
     for target, y, k in (("cell", cell, 9), ("size", size, 2)):
-        w = torch.zeros(f.size(1), k, requires_grad=True)
-        b = torch.zeros(k, requires_grad=True)
-        opt = torch.optim.Adam([w, b], 1e-2, weight_decay=1e-4)
-        for _ in range(300):
-            loss = F.cross_entropy(f[:n_train] @ w + b, y[:n_train])
-            opt.zero_grad(), loss.backward(), opt.step()
-        acc = float(((f[n_train:] @ w + b).argmax(1) == y[n_train:]).float().mean())
-        print(f"{name:10s} {target:5s} held-out probe accuracy {acc:.3f} (train loss {float(loss):.3f})")
+        acc, _, loss = probe(torch.cat(f), y, fit, k)
+        print(f"{name:10s} {target:5s} held-out probe accuracy {acc:.3f} (train loss {loss:.3f})")
 
 
-def cell_probe(f):  # held-out accuracy of a linear probe of the cell
-    f = (f - f[:n_train].mean(0)) / (f[:n_train].std(0) + 1e-5)
-    w = torch.zeros(f.size(1), 9, requires_grad=True)
-    b = torch.zeros(9, requires_grad=True)
-    opt = torch.optim.Adam([w, b], 1e-2, weight_decay=1e-4)
-    for _ in range(200):
-        loss = F.cross_entropy(f[:n_train] @ w + b, cell[:n_train])
-        opt.zero_grad(), loss.backward(), opt.step()
-    return round(float(((f[n_train:] @ w + b).argmax(1) == cell[n_train:]).float().mean()), 2)
+def cell_probe(f):  # held-out accuracy of the cell from one set of features
+    return round(probe(f, cell, fit, 9, steps=200)[0], 2)
 
 
 lat = torch.cat(feats["resampler"]).view(len(imgs), model.cfg.n_latents, -1)  # (n, L, D)

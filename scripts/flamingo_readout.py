@@ -8,9 +8,9 @@ usage: PYTHONPATH=. python scripts/flamingo_readout.py CKPT [N]"""
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import train
+from scripts.linear_probe import probe
 from data import Collator, get_sample, world
 
 torch.set_num_threads(1)
@@ -48,14 +48,5 @@ y = torch.tensor(cells)[order]
 train_rows = torch.tensor([k < n for k in order])
 print("greedy first word right:", sum(r.split()[0] == world.POSITIONS[c].split()[0] for r, c in zip(replies, cells)) / len(cells))
 for name, f in sorted(feats.items(), key=lambda kv: (kv[0].split()[-1], kv[0])):
-    f = torch.cat(f)
-    f = (f - f[train_rows].mean(0)) / (f[train_rows].std(0) + 1e-5)
-    w = torch.zeros(f.size(1), 9, requires_grad=True)
-    b = torch.zeros(9, requires_grad=True)
-    opt = torch.optim.Adam([w, b], 1e-2, weight_decay=1e-4)
-    for _ in range(300):
-        loss = F.cross_entropy(f[train_rows] @ w + b, y[train_rows])
-        opt.zero_grad(), loss.backward(), opt.step()
-    acc = float(((f[~train_rows] @ w + b).argmax(1) == y[~train_rows]).float().mean())
-    fit = float(((f[train_rows] @ w + b).argmax(1) == y[train_rows]).float().mean())
+    acc, fit, _ = probe(torch.cat(f), y, train_rows, 9)
     print(f"{name:24s} cell probe {acc:.3f} (fit {fit:.3f})")

@@ -255,6 +255,7 @@ def fails(capsys, argv, message):
     (["--model", "llava", "--phase", "instruct", "--tasks", "vqa:often"], "task weight 'often' of 'vqa' is not a"),
     (["--model", "llava", "--phase", "instruct", "--tasks", "vqa:0"], "the task weights 'vqa:0' sum to 0"),
     (["--model", "llava", "--phase", "instruct", "--eval", "vqa,riddles"], "unknown task 'riddles'"),
+    (["--model", "flamingo", "--mix", "caption:1,vqa:-2"], "task weight of 'vqa' must be a number, 0 or more"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys, argv, message):
     err = fails(capsys, [*argv, "--out_dir", str(tmp_path)], message)
