@@ -21,8 +21,9 @@ recipe, the frozen LM) -> ViT -> Resampler -> GatedXAttnDense -> Model (media_ma
 generate) -> PHASES.
 
 The training recipe (PHASES, run in order by train.py):
-  text     the decoder on text-only sentences, some in the human/gpt template (so <sep> and the answer
-           turn are known to the LM before it is frozen). Stands in for the pre-trained Chinchilla LM.
+  text     the decoder on text-only sentences and reading comprehension, in the human/gpt template too
+           (so <sep> and the answer turn are known to the LM before it is frozen, and it can look an
+           answer up in its context). Stands in for the pre-trained Chinchilla LM.
   vision   the ViT with a throw-away linear head that names the size, colour and shape in each cell
            of the 3x3 grid (`cells`). Stands in for the contrastively pre-trained NFNet (sec 3.1.1).
   mixture  sec 3.2-3.2.3: LM and ViT frozen; only the Resampler, the gated layers and the embeddings
@@ -44,9 +45,11 @@ features were pre-trained with a head that knew each cell by its slot, so withou
 a set function, cannot tell where a shape is (docs/flamingo.md measures it); for the same reason
 the 'vision' phase also trains each patch to name its own cell (cell_pos), so that where a patch is
 lies in its content, which the Resampler's latents can keep; a gate_scale multiplier
-lets the gates move faster than the rest (1.0: the paper's); merge > 1 feeds the Resampler
-merged patch groups instead of the patch grid (measured, not kept: docs/flamingo.md); Adam with a cosine schedule instead of a
-constant rate; the dataset weights are sampling weights, not per-dataset losses accumulated per step.
+lets the gates move faster than the rest (1.0: the paper's); the LM's head is untied from its
+embedding, since tied the toy LM merges words its corpus uses alike (docs/flamingo.md, r2); merge > 1
+feeds the Resampler merged patch groups instead of the patch grid (measured, not kept:
+docs/flamingo.md); Adam with a cosine schedule instead of a constant rate; the dataset weights are
+sampling weights, not per-dataset losses accumulated per step.
 """
 import math
 from dataclasses import dataclass
@@ -177,7 +180,7 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The language model: token embedding, blocks, final norm, head tied to the embedding. forward is
+    """The language model: token embedding, blocks, final norm, untied head. forward is
     the plain LM; Model.run interleaves the gated layers with these same blocks."""
 
     def __init__(self, vocab, dim, n_layer, n_head, hidden, max_seq, rope_base):
@@ -186,6 +189,9 @@ class Decoder(nn.Module):
         self.emb = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(Block(dim, n_head, hidden) for _ in range(n_layer))
         self.norm = RMSNorm(dim)
+        # untied: tied, the rows of words the toy corpus uses alike merge (white and blue) and the
+        # frozen LM confuses them when it answers (docs/cogvlm.md, r4, measured on CogVLM's LM)
+        self.out = nn.Linear(dim, vocab, bias=False)
         cos, sin = rope_table(dim // n_head, max_seq, rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -196,7 +202,7 @@ class Decoder(nn.Module):
         return self.cos[pos:pos + T], self.sin[pos:pos + T]
 
     def head(self, x):  # (B, T, C) -> (B, T, vocab)
-        return self.norm(x) @ self.emb.weight.t()
+        return self.out(self.norm(x))
 
     def forward(self, x):  # x (B, T, C) embeddings -> logits
         cos, sin = self.rope(0, x.size(1))
@@ -536,7 +542,10 @@ class Model(nn.Module):
 # as in sec 4.1.4; the gates are scalars and never decay. (Shorter text and vision phases, tried for the
 # 10-minute bar, cost VQA: docs/flamingo.md, "The cell_pos round".)
 PHASES = {
-    "text": dict(train=["decoder"], tasks={"text": 1.0}, steps=600, lr=3e-3, batch_size=64),
+    # reading comprehension in the chat template too, since every answer the frozen LM gives it looks
+    # up; and `sizes`, without which it never tells small from large (docs/cogvlm.md, r4)
+    "text": dict(train=["decoder"], tasks={"text": 1.0, "read": 1.0, "sizes": 0.25}, eval=["read"], steps=600,
+                 lr=3e-3, batch_size=64),
     "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,
                    batch_size=64, objective="cell_words"),
     "mixture": dict(train=["resampler", "xattn", "media_emb"], tasks="mix",

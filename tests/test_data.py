@@ -24,7 +24,7 @@ from data.tokenizer import MEDIA, SPECIALS, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA_TOKENS = {"image": 5, "audio": 3, "speech": 2, "video": 4}
-NO_COMPOSE = {"speech", "text", "read"}
+NO_COMPOSE = {"speech", "text", "read", "sizes"}
 HOLDOUT = ("train", "val", "test")
 TOK = Tokenizer()
 MARKER_IDS = {TOK.stoi[f"<{m}>"]: m for m in MEDIA}
@@ -157,7 +157,7 @@ def test_every_split_yields_well_formed_samples(task):
         for i, s in enumerate(samples(task, split, 3)):
             assert s["id"] == f"{task}/{split}/{i}" and s["task"] == task and isinstance(s["kind"], str)
             roles = [t["from"] for t in s["conversations"]]
-            assert roles == ["human", "gpt"] * (len(roles) // 2) or task == "text" and roles == ["gpt"], s["id"]
+            assert roles == ["human", "gpt"] * (len(roles) // 2) or task in ("text", "sizes") and roles == ["gpt"], s["id"]
             assert markers_in(text_of(s)) == [m["type"] for m in s["media"]]
             for m in s["media"]:
                 dtype, shape = MEDIA_SHAPES[m["type"]]
@@ -362,6 +362,17 @@ def test_text_sentences_never_mention_heldout_pairs():
 
 POSITION_RE = "|".join(sorted(world.POSITIONS, key=len, reverse=True))  # "top left" before "top"
 SCENE_RE = re.compile(rf"a ({'|'.join(world.SIZES)}) (\w+) (\w+) at the ({POSITION_RE})\b")
+
+
+def test_sizes_counts_the_described_scene_by_size():
+    """`sizes` follows a scene in words with how many of its shapes are small and large: the counts
+    are the scene's, so a language model must tell the two size words apart to predict them."""
+    for s in samples("sizes", "train", 100):
+        described, counts = text_of(s).split(". there ")
+        scene = [world.Obj(world.POSITIONS.index(p), c, sh, z) for z, c, sh, p in SCENE_RE.findall(described)]
+        assert world.describe(scene) == described, s["id"]
+        said = dict((z, tasks.NUMBERS.index(n)) for n, z in re.findall(r"(\w+) (small|large) shapes?", counts))
+        assert said == {z: sum(o.size == z for o in scene) for z in world.SIZES}, (s["id"], counts)
 
 
 def test_text_conversations_answer_from_the_described_scene():
