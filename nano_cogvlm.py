@@ -197,8 +197,8 @@ class Decoder(nn.Module):
         self.emb = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(Block(dim, n_head, hidden) for _ in range(n_layer))
         self.norm = RMSNorm(dim)
-        # untied: tied, the rows of words the toy corpus uses alike merge (white and blue: cosine
-        # 0.97) and the frozen LM reads colour in words at 0.42 instead of 0.87 (docs/cogvlm.md, r4)
+        # untied, as Vicuna's: tied, the rows of words the toy corpus uses alike merge (white and
+        # blue: cosine 0.97), and tied LMs read colour in words worse (docs/cogvlm.md, r4)
         self.head = nn.Linear(dim, vocab, bias=False)
         cos, sin = rope_table(dim // n_head, max_seq, rope_base)
         self.register_buffer("cos", cos, persistent=False)
