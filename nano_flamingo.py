@@ -495,6 +495,7 @@ class Model(nn.Module):
         step_mask, step_seen = mask[:, :, -1:], seen[:, -1:]  # (B, 1, 1, M*L), (B, 1, 1)
         out = []
         for i in range(max_new_tokens):
+            logits[:, [self.cfg.image_id, self.cfg.video_id]] = -float("inf")  # no media is generated
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
