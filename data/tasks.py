@@ -311,10 +311,14 @@ def sizes(split, index, seed=0):
     merge and it never looks size up (docs/cogvlm.md, r4). Not in `text`: LLaVA's decoder, pre-trained
     with it, then learned size from images far worse (docs/llava.md); the frozen-LM recipes add it."""
     scene, _ = draw("sizes", split, index, seed, known_scene)
-    small = sum(o.size == "small" for o in scene)
-    said = f"there {counted(small, 'small shape')} and there {counted(len(scene) - small, 'large shape')}"
+    said = by_size(sum(o.size == "small" for o in scene), len(scene))
     return {"id": f"sizes/{split}/{index}", "task": "sizes", "kind": "text",
             "conversations": [{"from": "gpt", "value": f"{world.describe(scene)}. {said}"}], "media": []}
+
+
+def by_size(small, n):
+    """n shapes counted by size, `small` of them small: 'there is one small shape and there are two large shapes'."""
+    return f"there {counted(small, 'small shape')} and there {counted(n - small, 'large shape')}"
 
 
 def known_scene(rng):

@@ -38,8 +38,7 @@ def folded(split, index, seed=0, text=tasks.text):
     s = text(split, index, seed)
     v = s["conversations"][0]["value"]
     if len(s["conversations"]) == 1 and v.startswith("a ") and "." not in v:  # a bare description
-        n, k = v.split().count("small"), v.count(" at the ")
-        said = f"there {tasks.counted(n, 'small shape')} and there {tasks.counted(k - n, 'large shape')}"
+        said = tasks.by_size(v.split().count("small"), v.count(" at the "))
         s["conversations"] = [{"from": "gpt", "value": f"{v}. {said}"}]
     return s
 

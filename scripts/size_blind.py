@@ -1,6 +1,7 @@
 """Is an LM blind to size? The cosine of its embedding (and head) rows for word pairs, and its mean
 probability of `small` and `large` on `read` size questions, by the true answer (docs/cogvlm.md r4).
 usage: PYTHONPATH=. python scripts/size_blind.py CKPT [N]   (N: read test samples scanned, default 300)"""
+import os
 import sys
 import tempfile
 import torch
@@ -10,8 +11,12 @@ ck = torch.load(sys.argv[1], weights_only=True)
 tied = "decoder.head.weight" not in ck["model"]
 if tied:  # a checkpoint from before r4: its head was its embedding, so that is the head it computed with
     ck["model"]["decoder.head.weight"] = ck["model"]["decoder.emb.weight"]
-    torch.save(ck, path := tempfile.mkstemp(suffix=".pt")[1])
+    fd, path = tempfile.mkstemp(suffix=".pt")
+    os.close(fd)
+    torch.save(ck, path)
 model, tok, _ = train.load_model(path if tied else sys.argv[1])
+if tied:
+    os.remove(path)
 col = train.phase_collator(model, tok, {})
 pairs = [("small", "large"), ("white", "blue"), ("red", "blue")]
 for name, rows in [("embedding", model.decoder.emb.weight)] + ([] if tied else [("head", model.decoder.head.weight)]):
