@@ -66,6 +66,7 @@ class Config:
     mlp_hidden: int = 352          # SwiGLU hidden, ~8/3 n_embd; the expert's FFN has the same shape
     max_seq: int = 256
     rope_base: float = 10000.0
+    emb_std: float = 0.1           # init std of the LM's word rows (embedding and head): docs/cogvlm.md, r5
     image_mask: str = "causal"     # "causal" among image tokens (the paper's, Table 4) or "full" within an image
     # vision encoder (72 px = 3 world cells x 2 x 12 px patches; after the 2x2 merge, one token per cell)
     image_size: int = 72
@@ -297,6 +298,10 @@ class Model(nn.Module):
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
             if name.endswith(("proj.weight", "mlp.down.weight")) and not name.startswith("encoder"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # words the toy corpus uses alike (red and yellow, which lack the same held-out shape) get
+        # the same gradient everywhere but in a lookup's answer; rows that start far apart stay apart
+        for w in (self.decoder.emb.weight, self.decoder.head.weight):
+            nn.init.normal_(w, std=cfg.emb_std)
 
     @staticmethod
     def _init(m):

@@ -72,6 +72,7 @@ class Config:
     mlp_hidden: int = 352          # SwiGLU hidden, ~8/3 n_embd
     max_seq: int = 256
     rope_base: float = 10000.0
+    emb_std: float = 0.1           # init std of the LM's word rows (embedding and head): docs/flamingo.md
     # vision encoder: 72 px = 3 world cells x 2 x 12 px patches (the 'vision' head merges 2x2 patches
     # into one token per cell; the Resampler reads all 36 patches, the flattened grid of sec 3.1.1)
     image_size: int = 72
@@ -367,7 +368,7 @@ class Model(nn.Module):
         self.decoder = Decoder(cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.mlp_hidden, cfg.max_seq,
                                cfg.rope_base)
         self.xattn = nn.ModuleList(GatedXAttnDense(cfg) for _ in range(0, cfg.n_layer, cfg.xattn_every))
-        self.media_emb = nn.Parameter(torch.randn(2, cfg.n_embd) * 0.02)  # the <image>, <video> rows
+        self.media_emb = nn.Parameter(torch.randn(2, cfg.n_embd) * cfg.emb_std)  # the <image>, <video> rows
         self.cell_head = nn.Linear(4 * cfg.vit_embd, 3 * cfg.vocab_size)  # 'vision' phase only
         self.pos_head = nn.Linear(cfg.vit_embd, 9)  # 'vision' phase only: which cell a patch is in
         self.media_tokens = {"image": 1, "video": 1}
@@ -375,6 +376,9 @@ class Model(nn.Module):
         for name, p in self.named_parameters():  # scaled init of residual outputs (GPT-2)
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # words the toy corpus uses alike (red and yellow) stay apart only if their rows start apart
+        for w in (self.decoder.emb.weight, self.decoder.out.weight):
+            nn.init.normal_(w, std=cfg.emb_std)
 
     @staticmethod
     def _init(m):

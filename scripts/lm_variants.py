@@ -30,6 +30,8 @@ def model_init(self, cfg, init=M.Model.__init__):
     for c in changes:
         if c.startswith("std="):
             nn.init.normal_(self.decoder.emb.weight, std=float(c[4:]))
+        if c.startswith("hstd="):
+            nn.init.normal_(self.decoder.head.weight, std=float(c[5:]))
     if "tied" in changes:
         self.decoder.head = Tied(self.decoder.emb)
 
@@ -43,6 +45,14 @@ def folded(split, index, seed=0, text=tasks.text):
     return s
 
 
+def echo(split, index, seed=0):
+    scene, _ = tasks.draw("echo", split, index, seed, tasks.known_scene)
+    d = world.describe(scene)
+    return {"id": f"echo/{split}/{index}", "task": "echo", "kind": "text",
+            "conversations": [{"from": "gpt", "value": f"{d}. {d}"}], "media": []}
+
+
+tasks.TASKS["echo"] = echo
 M.Model.__init__ = model_init
 if "after" in changes:
     world.describe = lambda objs: " and ".join(
