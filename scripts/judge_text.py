@@ -26,6 +26,7 @@ for s in samples:  # the kind of question: from the question's first words
 res = train.score_replies(model, col, by, "cpu")
 print({k: (round(v["score"], 3), len(by[k])) for k, v in res.items()},
       "all", round(sum(v["score"] * len(by[k]) for k, v in res.items()) / len(samples), 3), len(samples))
-prompts, truths = zip(*map(Collator.prompt, by.get("size", [])))
-replies, _ = train.answer(model, col, list(prompts), 4, "cpu")
-print("size: (truth, reply) counts", collections.Counter(zip(truths, replies)).most_common(4))
+for kind in ("size", "colour"):  # words the corpus uses alike: (small, large), (red, yellow), ... (r4, r5)
+    prompts, truths = zip(*map(Collator.prompt, by.get(kind, [])))
+    replies, _ = train.answer(model, col, list(prompts), 4, "cpu")
+    print(f"{kind}: (truth, reply) counts", collections.Counter(zip(truths, replies)).most_common(6))

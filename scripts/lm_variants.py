@@ -3,9 +3,11 @@ LM's reading in words judged on 600 `read` test questions (scripts/judge_text.py
 usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py args, e.g. --tasks text:1,read:1]
   VARIANTS: '+'-joined changes to the code ('' for none):
   tied    the head is the embedding's rows (the code before r4)
-  std=S   the embedding's init std (0.02 otherwise)
+  std=S   the embedding's init std (Config.emb_std otherwise; 0.02 before r5)
+  hstd=S  the head's init std (likewise)
   after   descriptions put the size after the shape: "a red circle small at the top left"
-  folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts"""
+  folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
+  and the task `echo` (name it in --tasks): a scene in words, then the same again, a copy"""
 import runpy
 import sys
 import torch.nn as nn

@@ -1,5 +1,5 @@
 """Is an LM blind to size? The cosine of its embedding (and head) rows for word pairs, and its mean
-probability of `small` and `large` on `read` size questions, by the true answer (docs/cogvlm.md r4).
+probability of `small` and `large` on `read` size questions, by the true answer (docs/cogvlm.md r4, r5).
 usage: PYTHONPATH=. python scripts/size_blind.py CKPT [N]   (N: read test samples scanned, default 300)"""
 import os
 import sys
@@ -18,7 +18,7 @@ model, tok, _ = train.load_model(path if tied else sys.argv[1])
 if tied:
     os.remove(path)
 col = train.phase_collator(model, tok, {})
-pairs = [("small", "large"), ("white", "blue"), ("red", "blue")]
+pairs = [("small", "large"), ("red", "yellow"), ("green", "purple"), ("white", "blue"), ("red", "blue")]
 for name, rows in [("embedding", model.decoder.emb.weight)] + ([] if tied else [("head", model.decoder.head.weight)]):
     print(name, {f"{a}/{b}": round(torch.cosine_similarity(rows[tok.stoi[a]], rows[tok.stoi[b]], 0).item(), 3) for a, b in pairs})
 p = {"small": [], "large": []}
