@@ -4,6 +4,7 @@ what it can look up among image tokens, since its text positions never train aft
 usage: PYTHONPATH=. python scripts/judge_text.py CKPT [N] [TASK]   (TASK: text (default) or read;
 for read, each sample is cut after its first answer, so every question kind is judged)"""
 import collections
+import re
 import sys
 import train
 from data import get_sample, Collator
@@ -30,3 +31,9 @@ for kind in ("size", "colour"):  # words the corpus uses alike: (small, large), 
     prompts, truths = zip(*map(Collator.prompt, by.get(kind, [])))
     replies, _ = train.answer(model, col, list(prompts), 4, "cpu")
     print(f"{kind}: (truth, reply) counts", collections.Counter(zip(truths, replies)).most_common(6))
+prompts, truths = zip(*map(Collator.prompt, by.get("position", [])))
+replies, _ = train.answer(model, col, list(prompts), 4, "cpu")
+wrong = [(p, r) for p, t, r in zip(prompts, truths, replies) if r != t]
+places = [re.findall(r"at the ([a-z ]+?)(?= and|\.)", p["conversations"][0]["value"]) for p, _ in wrong]
+print(f"position: {len(wrong)} wrong, {sum(r in ps for (_, r), ps in zip(wrong, places))} of them another "
+      "object's place in the scene (a binding error)")

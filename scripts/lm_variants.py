@@ -7,7 +7,8 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   hstd=S  the head's init std (likewise)
   after   descriptions put the size after the shape: "a red circle small at the top left"
   folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
-  and the task `echo` (name it in --tasks): a scene in words, then the same again, a copy"""
+  and the tasks (name them in --tasks) `echo`: a scene in words, then the same again, a copy; and
+  `places`: a scene in words, then where each of its shapes is, in a random order"""
 import runpy
 import sys
 import torch.nn as nn
@@ -54,7 +55,15 @@ def echo(split, index, seed=0):
             "conversations": [{"from": "gpt", "value": f"{d}. {d}"}], "media": []}
 
 
-tasks.TASKS["echo"] = echo
+def places(split, index, seed=0):
+    scene, rng = tasks.draw("places", split, index, seed, tasks.known_scene)
+    said = " and ".join(f"the {o.colour} {o.shape} is at the {world.POSITIONS[o.cell]}"
+                        for o in (scene[i] for i in rng.permutation(len(scene))))
+    return {"id": f"places/{split}/{index}", "task": "places", "kind": "text",
+            "conversations": [{"from": "gpt", "value": f"{world.describe(scene)}. {said}"}], "media": []}
+
+
+tasks.TASKS["echo"], tasks.TASKS["places"] = echo, places
 M.Model.__init__ = model_init
 if "after" in changes:
     world.describe = lambda objs: " and ".join(

@@ -187,6 +187,11 @@ def test_the_removed_vit_layer_feeds_nothing_but_its_own_vision_objective():
     loss.backward()
     assert m.encoder.blocks[-1].qkv.weight.grad.abs().sum() > 0
     assert m.pos_head.weight.grad.abs().sum() > 0  # cell_pos: the head that names each token's cell
+    # the removed layer's objective stops at it: its gradient never bends the layers the LM reads
+    m.zero_grad()
+    m.cell_words(b["tokens"], b["targets"], b["media"])[2]["bag"].backward()
+    assert m.encoder.blocks[-1].qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in m.encoder.blocks[:-1].parameters())
 
 
 def test_placeholders_must_form_whole_spans():
