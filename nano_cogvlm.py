@@ -35,8 +35,8 @@ The training recipe (PHASES, run in order by train.py):
            of its own (which words the picture's table holds): the specialised layer the paper drops.
   caption  CogVLM stage 1 (sec 2.2): expert + adapter + span embeddings on image captioning.
   vqa      stands for stage 2 / SFT (sec 2.2, 2.3): the same parameters on questions about images,
-           single-object VQA and 4-question conversations 1:2 (measured: 0.728 against 0.620 on vqa;
-           0.778 with r4's untied head and `sizes`: docs/cogvlm.md).
+           single-object VQA and 4-question conversations 1:2 (measured: 0.728 against 0.620 on vqa
+           alone, docs/cogvlm.md r3).
 
 Simplified or changed: the ViT is tiny and trained here, with no CLS token (nothing pools it but
 the dropped layer's head). A 2x2 merge of neighbouring patches (not in CogVLM, whose 224px images

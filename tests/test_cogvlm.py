@@ -174,6 +174,15 @@ def test_kv_cache_holds_expert_keys_and_per_row_positions(image_mask):
     assert not torch.equal(gen[1:], m.generate(ids, media, max_new_tokens=8, temperature=0)[1:])
 
 
+def test_generate_never_writes_a_placeholder_even_when_the_lm_prefers_it():
+    """An <image> placeholder needs an image to fill it, so generate masks it out."""
+    m = make()
+    m.decoder.head.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, torch.tensor([TOK.image]), 1e4))
+    ids, media = encode(m, ["<image> what colour is the circle?"], [1])
+    for temperature in (0, 1.0):
+        assert TOK.image not in m.generate(ids, media, max_new_tokens=4, temperature=temperature).tolist()[0]
+
+
 def test_the_removed_vit_layer_feeds_nothing_but_its_own_vision_objective():
     m = make()
     ids, media = encode(m, ["<image> what colour is the circle?"], [1])

@@ -193,6 +193,19 @@ def test_generation_caches_cross_attention_and_equals_recomputation(mode, monkey
     assert torch.equal(gen, seq[:, ids.size(1):])
 
 
+def test_generate_never_writes_a_media_marker_even_when_the_lm_prefers_it():
+    m = make()
+    marks = torch.tensor([TOK.image, TOK.video])
+    m.decoder.out.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, marks, 1e4))
+    row = {"id": "0", "conversations": [{"from": "human", "value": "<image> what colour is the circle?"}],
+           "media": [Mixture({"vqa": 1.0}, "train", 1)[0]["media"][0]]}
+    col = Collator(TOK, m.media_tokens)
+    ids, media = torch.tensor([col.encode(row)[0]]), col.pack_media([row])
+    for temperature in (0, 1.0):
+        out = m.generate(ids, media, max_new_tokens=4, temperature=temperature).tolist()[0]
+        assert not {TOK.image, TOK.video} & set(out)
+
+
 def test_gated_layers_sit_before_every_kth_block_and_phases_freeze_as_the_paper_says():
     m = make(n_layer=4, xattn_every=2)
     assert len(m.xattn) == 2 and set(m.diagnostics()) == {f"tanh_{g}_gate/{i}" for g in ("attn", "ffw") for i in (0, 2)}
