@@ -46,10 +46,9 @@ a set function, cannot tell where a shape is (docs/flamingo.md measures it); for
 the 'vision' phase also trains each patch to name its own cell (cell_pos), so that where a patch is
 lies in its content, which the Resampler's latents can keep; a gate_scale multiplier
 lets the gates move faster than the rest (1.0: the paper's); the LM's head is untied from its
-embedding, since tied the toy LM merges words its corpus uses alike (docs/flamingo.md, r2); merge > 1
-feeds the Resampler merged patch groups instead of the patch grid (measured, not kept:
-docs/flamingo.md); Adam with a cosine schedule instead of a constant rate; the dataset weights are
-sampling weights, not per-dataset losses accumulated per step.
+embedding, since tied the toy LM merges words its corpus uses alike (docs/flamingo.md, r2); Adam
+with a cosine schedule instead of a constant rate; the dataset weights are sampling weights, not
+per-dataset losses accumulated per step.
 """
 import math
 from dataclasses import dataclass
@@ -83,7 +82,6 @@ class Config:
     vit_mlp: int = 512
     max_frames: int = 8            # learned time embeddings (sec 3.1.1); an image is a 1-frame video
     space_emb: bool = True         # per-patch position embedding before the Resampler (not in the paper)
-    merge: int = 1                 # s x s neighbouring patches -> one Resampler input (1: the flattened grid)
     cell_pos: bool = True          # 'vision' also trains each patch to name its own cell (see cell_words)
     # Perceiver Resampler (sec 3.1.1, Fig 4): runs at the ViT's width
     n_latents: int = 16
@@ -102,9 +100,8 @@ class Config:
     def __post_init__(self):
         if self.n_embd % self.n_head or self.vit_embd % self.vit_heads or self.n_embd % self.xattn_heads:
             raise ValueError("n_embd must divide by n_head and xattn_heads, vit_embd by vit_heads")
-        if self.image_size % (2 * self.patch) or self.image_size % (self.merge * self.patch):
-            raise ValueError(f"image_size {self.image_size} must be a multiple of 2 x patch and merge x patch "
-                             f"({self.patch}, merge {self.merge})")
+        if self.image_size % (2 * self.patch):
+            raise ValueError(f"image_size {self.image_size} must be a multiple of 2 x patch ({self.patch})")
         if self.media_mask not in ("last", "all"):
             raise ValueError(f"media_mask must be 'last' or 'all', got {self.media_mask!r}")
         if not 1 <= self.xattn_every <= self.n_layer:
@@ -294,9 +291,7 @@ class Resampler(nn.Module):
         D, self.n_head = cfg.vit_embd, cfg.vit_heads
         self.latents = nn.Parameter(torch.randn(cfg.n_latents, D) * 0.02)
         self.time_emb = nn.Parameter(torch.randn(cfg.max_frames, 1, D) * 0.02)  # (F, 1, D), per frame
-        n_patch = (cfg.image_size // cfg.patch // cfg.merge) ** 2
-        # merged patches are projected back to the Resampler's width
-        self.proj_in = nn.Linear(cfg.merge ** 2 * D, D, bias=False) if cfg.merge > 1 else nn.Identity()
+        n_patch = (cfg.image_size // cfg.patch) ** 2
         self.space_emb = nn.Parameter(torch.randn(n_patch, D) * 0.02) if cfg.space_emb else None  # (P, D)
         self.layers = nn.ModuleList(nn.ModuleDict(dict(
             norm_x=nn.LayerNorm(D), norm_q=nn.LayerNorm(D), q=nn.Linear(D, D, bias=False),
@@ -304,8 +299,7 @@ class Resampler(nn.Module):
             for _ in range(cfg.resampler_layers))
         self.norm = nn.LayerNorm(D)
 
-    def forward(self, x):  # x (N, F, P, merge^2 D) frame features -> (N, n_latents, D)
-        x = self.proj_in(x)  # (N, F, P, D)
+    def forward(self, x):  # x (N, F, P, D) frame features -> (N, n_latents, D)
         N, Fr, P, D = x.shape
         if Fr > self.time_emb.size(0):
             raise ValueError(f"{Fr} frames, but max_frames={self.time_emb.size(0)} time embeddings")
@@ -409,12 +403,10 @@ class Model(nn.Module):
                                  f"position per item (media_tokens['{m}'] = 1)")
             if n:
                 frames = x.unsqueeze(1) if m == "image" else x  # an image is a 1-frame video, (N, F, 3, H, W)
-                feats = merge_patches(self.encoder(frames.flatten(0, 1)), cfg.merge)  # (N*F, P, merge^2 D)
-                feats = feats.unflatten(0, frames.shape[:2])  # (N, F, P, merge^2 D)
+                feats = self.encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (N, F, P, D)
                 items[kinds == i] = self.resampler(feats).to(items.dtype)
         if not kinds.numel():  # no media: the Resampler runs on an empty batch, still part of the step (DDP)
-            items = self.resampler(items.new_zeros(0, 1, (cfg.image_size // cfg.patch // cfg.merge) ** 2,
-                                                   cfg.merge ** 2 * D))
+            items = self.resampler(items.new_zeros(0, 1, (cfg.image_size // cfg.patch) ** 2, D))
         count = marks.sum(1)  # (B,)
         M = max(int(count.max()) if count.numel() else 0, 1)
         padded = items.new_zeros(tokens.size(0), M, L, D)
@@ -543,9 +535,8 @@ class Model(nn.Module):
 
 # phase -> parameter groups that train, task mixture, and its default schedule (train.py flags override).
 # 'mixture' names the Config field that holds its task weights (tasks="mix"), so --mix changes the data.
-# Weight decay 0 on the Resampler
-# as in sec 4.1.4; the gates are scalars and never decay. (Shorter text and vision phases, tried for the
-# 10-minute bar, cost VQA: docs/flamingo.md, "The cell_pos round".)
+# Weight decay 0 on the Resampler as in sec 4.1.4; the gates are scalars and never decay. (Shorter text
+# and vision phases, tried for the 10-minute bar, cost VQA: docs/flamingo.md, "The cell_pos round".)
 PHASES = {
     # reading comprehension in the chat template too, since every answer the frozen LM gives it looks
     # up; and `sizes`, without which it never tells small from large (docs/cogvlm.md, r4)

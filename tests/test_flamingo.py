@@ -151,9 +151,9 @@ def test_token_after_image_2_attends_to_image_2_only(mode):
 
 
 def test_resampler_returns_n_latents_tokens_for_any_frames_and_patches():
-    for space, merge in ((False, 1), (True, 1), (True, 2)):
-        m = make(space_emb=space, merge=merge)
-        P, width = (m.cfg.image_size // m.cfg.patch // merge) ** 2, merge ** 2 * m.cfg.vit_embd
+    for space in (False, True):
+        m = make(space_emb=space)
+        P, width = (m.cfg.image_size // m.cfg.patch) ** 2, m.cfg.vit_embd
         for frames in (1, 3, m.cfg.max_frames):
             for patches in ([P] if space else [4, P, 100]):
                 out = m.resampler(torch.randn(2, frames, patches, width))
