@@ -286,6 +286,10 @@ def load_model(path, device="cpu"):
     if not isinstance(ck, dict) or not {"model_name", "config", "model", "phase", "tokenizer"} <= set(ck):
         raise UserError(f"{path!r} is not a checkpoint written by train.py")
     mod = model_module(ck["model_name"])
+    unknown = set(ck["config"]) - {f.name for f in dataclasses.fields(mod.Config)}
+    if unknown:
+        raise UserError(f"{path!r} was written by another version of {ck['model_name']}: its config has "
+                        f"{sorted(unknown)}, which this one does not know; load it with the code that wrote it")
     model = mod.Model(mod.Config(**ck["config"]))
     load_weights(model, ck["model"], path)
     model.set_phase(ck["phase"])

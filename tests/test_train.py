@@ -58,6 +58,16 @@ def test_checkpoint_is_self_contained(recipe):
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
 
 
+def test_checkpoint_of_another_version_says_so(recipe, tmp_path):
+    """A checkpoint whose config holds a field the code no longer has fails with a clear error."""
+    out, _ = recipe
+    ck = torch.load(out / "instruct.pt", weights_only=True)
+    ck["config"]["retired_field"] = 1
+    torch.save(ck, tmp_path / "old.pt")
+    with pytest.raises(UserError, match=r"another version of llava.*\['retired_field'\]"):
+        train.load_model(str(tmp_path / "old.pt"))
+
+
 def test_default_evaluation_is_four_times_a_phase_at_most_and_at_its_end(tmp_path):
     """Without --eval_every a phase is evaluated every ceil(steps/4) steps and at its last step."""
     run(tmp_path, "--phase", "align", "--steps", "6", "--batch_size", "4", "--no_final_eval")
