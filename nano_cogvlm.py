@@ -463,9 +463,10 @@ class Model(nn.Module):
 # override). The LM ('decoder') trains in 'text' only and is frozen from then on (sec 2.2); the ViT
 # trains in 'vision' only. docs/cogvlm.md has the measurements behind the numbers.
 PHASES = {
-    # reading comprehension in the chat template too, since every answer the frozen LM gives it looks
-    # up; and `sizes`, without which it never tells small from large (docs/cogvlm.md, r4)
-    "text": dict(train=["decoder"], tasks={"text": 1.0, "read": 1.0, "sizes": 0.25}, eval=["read"], steps=500,
+    # reading comprehension in the chat template, since every answer the frozen LM gives it looks up,
+    # 4x as often as plain sentences (it reads better so: docs/cogvlm.md, r6); and `sizes`, without
+    # which it never tells small from large (docs/cogvlm.md, r4)
+    "text": dict(train=["decoder"], tasks={"text": 0.25, "read": 1.0, "sizes": 0.25}, eval=["read"], steps=500,
                  lr=3e-3, batch_size=64),
     "vision": dict(train=["encoder", "cell_head", "pos_head", "bag_head"], tasks={"cells": 1.0}, steps=500,
                    lr=1.4e-3, batch_size=64, objective="cell_words"),

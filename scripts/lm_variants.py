@@ -6,9 +6,15 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   std=S   the embedding's init std (Config.emb_std otherwise; 0.02 before r5)
   hstd=S  the head's init std (likewise)
   after   descriptions put the size after the shape: "a red circle small at the top left"
+  placefirst  descriptions put the place first: "at the top left a small red circle"
+  terse   descriptions drop "at the": "a small red circle top left"
+  multi   `read` and `sizes` scenes of 2-3 shapes only (on one shape, any place named is right)
+  turnsN  `read` asks N questions a scene, not 4 (use with multi: one shape allows only 5)
   folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
   and the tasks (name them in --tasks) `echo`: a scene in words, then the same again, a copy; and
-  `places`: a scene in words, then where each of its shapes is, in a random order"""
+  `places`: a scene in words, then where each of its shapes is, in a random order; and `atplace`: a
+  scene in words, then "what is at the P?" of each of its shapes, in a random order, answered "the C S"
+  (the reverse lookup: the place words are found by themselves, so only binding must be learned)"""
 import runpy
 import sys
 import torch.nn as nn
@@ -63,11 +69,26 @@ def places(split, index, seed=0):
             "conversations": [{"from": "gpt", "value": f"{world.describe(scene)}. {said}"}], "media": []}
 
 
-tasks.TASKS["echo"], tasks.TASKS["places"] = echo, places
+def atplace(split, index, seed=0):
+    scene, rng = tasks.draw("atplace", split, index, seed, tasks.known_scene)
+    turns = [t for i in rng.permutation(len(scene)) for t in
+             (f"what is at the {world.POSITIONS[scene[i].cell]}?", f"the {scene[i].colour} {scene[i].shape}")]
+    turns[0] = f"{world.describe(scene)}.\n{turns[0]}"
+    return tasks._sample("atplace", split, index, "text", turns)
+
+
+tasks.TASKS["echo"], tasks.TASKS["places"], tasks.TASKS["atplace"] = echo, places, atplace
 M.Model.__init__ = model_init
-if "after" in changes:
-    world.describe = lambda objs: " and ".join(
-        f"a {o.colour} {o.shape} {o.size} at the {world.POSITIONS[o.cell]}" for o in objs)
+GRAMMARS = {"after": "a {c} {s} {z} at the {p}", "placefirst": "at the {p} a {z} {c} {s}", "terse": "a {z} {c} {s} {p}"}
+for c in changes & GRAMMARS.keys():
+    world.describe = lambda objs, g=GRAMMARS[c]: " and ".join(
+        g.format(z=o.size, c=o.colour, s=o.shape, p=world.POSITIONS[o.cell]) for o in objs)
+if "multi" in changes:
+    tasks.known_scene = lambda rng: next(s for s in iter(lambda: world.sample_scene(rng, 2), None)
+                                         if not world.is_novel(s))
+for c in changes:
+    if c.startswith("turns"):
+        tasks.TASKS["read"] = lambda split, index, seed=0, n=int(c[5:]): tasks.read(split, index, seed, n)
 if "folded" in changes:
     tasks.TASKS["text"] = folded
 train.main(["--model", "cogvlm", "--phase", "text", "--out_dir", out, "--no_final_eval"] + sys.argv[3:])
