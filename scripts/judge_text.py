@@ -2,7 +2,8 @@
 words, per question kind, and the commonest wrong answers. What the LM can look up in text bounds
 what it can look up among image tokens, since its text positions never train after 'text'.
 usage: PYTHONPATH=. python scripts/judge_text.py CKPT [N] [TASK]   (TASK: text (default) or read;
-for read, each sample is cut after its first answer, so every question kind is judged)"""
+for read, each sample is cut after its first answer, so every question kind is judged, and the kinds
+are judged again on scenes of 2-3 shapes, split by whether the question comes before the scene or after)"""
 import collections
 import re
 import sys
@@ -37,3 +38,13 @@ wrong = [(p, r) for p, t, r in zip(prompts, truths, replies) if r != t]
 places = [re.findall(r"at the ([a-z ]+?)(?= and|\.)", p["conversations"][0]["value"]) for p, _ in wrong]
 print(f"position: {len(wrong)} wrong, {sum(r in ps for (_, r), ps in zip(wrong, places))} of them another "
       "object's place in the scene (a binding error)")
+if task == "read":  # on 2-3 shapes, by layout: `vqa` puts the image before or after the question alike
+    split = {}
+    for kind, ss in by.items():
+        for s in ss:
+            v = s["conversations"][0]["value"]
+            if " and " in v:  # two or more shapes
+                first = "question first" if v.split("\n")[0].endswith("?") else "scene first"
+                split.setdefault(f"{first}, {kind}", []).append(s)
+    res = train.score_replies(model, col, split, "cpu")
+    print("on 2-3 shapes:", "  ".join(f"{k} {v['score']:.3f} ({len(split[k])})" for k, v in sorted(res.items())))

@@ -4,6 +4,7 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   VARIANTS: '+'-joined changes to the code ('' for none):
   tied    the head is the embedding's rows (the code before r4)
   std=S   the embedding's init std (Config.emb_std otherwise; 0.02 before r5)
+  init=N  the weights initialised as with --seed N, the data still --seed's (init against data order)
   hstd=S  the head's init std (likewise)
   after   descriptions put the size after the shape: "a red circle small at the top left"
   placefirst  descriptions put the place first: "at the top left a small red circle"
@@ -11,12 +12,14 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   multi   `read` and `sizes` scenes of 2-3 shapes only (on one shape, any place named is right)
   turnsN  `read` asks N questions a scene, not 4 (use with multi: one shape allows only 5)
   folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
+  qfirst  `read` always asks its first question before the scene (at random otherwise, as `vqa` does)
   and the tasks (name them in --tasks) `echo`: a scene in words, then the same again, a copy; and
   `places`: a scene in words, then where each of its shapes is, in a random order; and `atplace`: a
   scene in words, then "what is at the P?" of each of its shapes, in a random order, answered "the C S"
   (the reverse lookup: the place words are found by themselves, so only binding must be learned)"""
 import runpy
 import sys
+import torch
 import torch.nn as nn
 import nano_cogvlm as M
 import train
@@ -36,6 +39,12 @@ class Tied(nn.Module):
 
 def model_init(self, cfg, init=M.Model.__init__):
     init(self, cfg)
+    for c in changes:
+        if c.startswith("init="):  # re-initialise from seed N, then leave the RNG as --seed's run has it
+            state = torch.get_rng_state()
+            torch.manual_seed(int(c[5:]))
+            init(self, cfg)
+            torch.set_rng_state(state)
     for c in changes:
         if c.startswith("std="):
             nn.init.normal_(self.decoder.emb.weight, std=float(c[4:]))
@@ -91,6 +100,10 @@ for c in changes:
         tasks.TASKS["read"] = lambda split, index, seed=0, n=int(c[5:]): tasks.read(split, index, seed, n)
 if "folded" in changes:
     tasks.TASKS["text"] = folded
+with_image = tasks.with_image
+if "qfirst" in changes:
+    tasks.with_image = lambda question, rng: (rng.random(), f"{question}\n<image>")[1]  # the same draws
 train.main(["--model", "cogvlm", "--phase", "text", "--out_dir", out, "--no_final_eval"] + sys.argv[3:])
+tasks.with_image = with_image  # judged on the test split as it is
 sys.argv = ["judge_text.py", f"{out}/text.pt", "600", "read"]
 runpy.run_path("scripts/judge_text.py", run_name="__main__")
