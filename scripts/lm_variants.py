@@ -1,4 +1,4 @@
-"""The LM variants of docs/cogvlm.md r4-r6: nano_cogvlm's `text` phase with one thing changed, then the
+"""The LM variants of docs/cogvlm.md r4-r7: nano_cogvlm's `text` phase with one thing changed, then the
 LM's reading in words judged on 600 `read` test questions (scripts/judge_text.py).
 usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py args, e.g. --tasks text:1,read:1]
   VARIANTS: '+'-joined changes to the code ('' for none):
