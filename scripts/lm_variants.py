@@ -4,8 +4,8 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   VARIANTS: '+'-joined changes to the code ('' for none):
   tied    the head is the embedding's rows (the code before r4)
   std=S   the embedding's init std (Config.emb_std otherwise; 0.02 before r5)
-  init=N  the weights initialised as with --seed N, the data still --seed's (init against data order)
   hstd=S  the head's init std (likewise)
+  init=N  the weights initialised as with --seed N, the data still --seed's (init against data order)
   after   descriptions put the size after the shape: "a red circle small at the top left"
   placefirst  descriptions put the place first: "at the top left a small red circle"
   terse   descriptions drop "at the": "a small red circle top left"
