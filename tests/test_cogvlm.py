@@ -89,7 +89,7 @@ def test_word_scale_starts_image_tokens_at_the_lm_words_rms():
 
 
 def test_expert_changes_image_and_later_text_but_never_text_before_the_first_image():
-    m = make()
+    m = make(image_first=False)  # the decoder reads the prompt in its own order
     ids, media = encode(m, ["what colour is the circle? <image> what shape is it?"], [1])
     first = int((ids[0] == TOK.image).nonzero()[0])
     before = logits(m, ids, media)
@@ -99,6 +99,28 @@ def test_expert_changes_image_and_later_text_but_never_text_before_the_first_ima
     span = slice(first, first + S - 1)  # boi and patches: the expert's positions
     assert not torch.allclose(before[:, span], after[:, span], atol=1e-4)
     assert not torch.allclose(before[:, first + S:], after[:, first + S:], atol=1e-4)
+
+
+def test_image_first_reads_the_image_right_after_bos_wherever_the_prompt_names_it():
+    """image_first (CogVLM's input layout): a question asked before its image is read as if the
+    image came first, and the logits come back in the prompt's order, where the targets are."""
+    m = make()
+    scramble(m.expert)
+    q_first, media = encode(m, ["what colour is the circle?<image>"], [1])
+    i_first, _ = encode(m, ["<image> what colour is the circle?"], [1])
+    order = m.front(q_first, media)
+    assert torch.equal(q_first.gather(1, order), i_first)  # <bos>, the span, then the text in order
+    a, b = logits(m, q_first, media), logits(m, i_first, media)
+    assert torch.allclose(a.gather(1, order[..., None].expand_as(a)), b, atol=1e-5)
+    # the question now reads the image, so the expert reaches it; in the prompt's order it cannot
+    first = int((q_first[0] == TOK.image).nonzero()[0])
+    m.cfg.image_first = False
+    off = logits(m, q_first, media)
+    scramble(m.expert, seed=3)
+    assert torch.equal(off[:, :first], logits(m, q_first, media)[:, :first])
+    m.cfg.image_first = True
+    assert not torch.allclose(a[:, 1:first], logits(m, q_first, media)[:, 1:first], atol=1e-4)
+    assert m.front(q_first[:, :first], None) is None  # text only: read as it is
 
 
 def test_all_patches_of_an_image_share_one_rotary_position():
@@ -121,7 +143,7 @@ def test_all_patches_of_an_image_share_one_rotary_position():
 @pytest.mark.parametrize("image_mask", ["causal", "full"])
 def test_image_mask(image_mask):
     """causal: a patch never sees later patches; full: it sees its whole image but no later token."""
-    m = make(image_mask=image_mask)
+    m = make(image_mask=image_mask, image_first=False)
     ids, media = encode(m, ["what colour is the circle? <image> what shape is it?"], [1])
     first = int((ids[0] == TOK.image).nonzero()[0])
     base = logits(m, ids, media)
@@ -160,7 +182,7 @@ def test_kv_cache_holds_expert_keys_and_per_row_positions(image_mask):
     and the experts matter to the result (a test that could fail)."""
     m = make(image_mask=image_mask)
     scramble(m)
-    ids, media = encode(m, ["what colour is the circle?", "<image> what colour is the circle?",
+    ids, media = encode(m, ["what colour is the circle?", "what colour is the circle? <image>",
                             "<image> <image> what colour is the circle?"], [0, 1, 2])
     gen = m.generate(ids, media, max_new_tokens=8, temperature=0)
     seq = ids
