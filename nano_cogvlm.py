@@ -47,7 +47,7 @@ nano_llava measured that image tokens far above word scale stall a pre-norm deco
 No referring-expression data, no EMA, no ViT unfreezing in SFT. The conversation template is
 <bos> user <sep> assistant <eos>. The toy prompts name the image before or after the question;
 the decoder reads every image right after <bos>, as CogVLM's input builder writes it (image_first:
-test VQA 0.976 against 0.910 when read as written, docs/cogvlm.md r8). Measurements: docs/cogvlm.md.
+test VQA 0.980, against r6's 0.910 read as written; docs/cogvlm.md r8). Measurements: docs/cogvlm.md.
 """
 import math
 from dataclasses import dataclass
@@ -150,7 +150,7 @@ class Route:
 
     def __call__(self, x, text_fn, image_fn):  # x (B, T, D) -> (B, T, D')
         x = x.flatten(0, 1)
-        if self.text_only:  # every row is text and already in order: no gathers (the 'text' phase)
+        if self.text_only:  # all text, already in order: no gathers (the 'text' phase, generated tokens)
             return torch.cat([text_fn(x), image_fn(x[:0])]).view(*self.shape, -1)
         # index_select, not x[idx]: the same rows, but its backward (index_add) is some 2x faster on CPU
         y = torch.cat([text_fn(x.index_select(0, self.txt)), image_fn(x.index_select(0, self.img))])
