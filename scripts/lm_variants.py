@@ -13,6 +13,7 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   turnsN  `read` asks N questions a scene, not 4 (use with multi: one shape allows only 5)
   folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
   qfirst  `read` always asks its first question before the scene (at random otherwise, as `vqa` does)
+  sfirst  `read` always puts the scene first, the layout nano_cogvlm's image_first reads (r8)
   and the tasks (name them in --tasks) `echo`: a scene in words, then the same again, a copy; and
   `places`: a scene in words, then where each of its shapes is, in a random order; and `atplace`: a
   scene in words, then "what is at the P?" of each of its shapes, in a random order, answered "the C S"
@@ -103,6 +104,8 @@ if "folded" in changes:
 with_image = tasks.with_image
 if "qfirst" in changes:
     tasks.with_image = lambda question, rng: (rng.random(), f"{question}\n<image>")[1]  # the same draws
+if "sfirst" in changes:
+    tasks.with_image = lambda question, rng: (rng.random(), f"<image>\n{question}")[1]
 train.main(["--model", "cogvlm", "--phase", "text", "--out_dir", out, "--no_final_eval"] + sys.argv[3:])
 tasks.with_image = with_image  # judged on the test split as it is
 sys.argv = ["judge_text.py", f"{out}/text.pt", "600", "read"]
