@@ -1,13 +1,17 @@
 """Teacher-forced exact match of every answer in test `conversation`s, first turn against later ones,
 per question kind (an answer is right when the argmax of each of its tokens is). The first question
-may come before the image or after it; later ones always come after it.
-usage: PYTHONPATH=. python scripts/vqa_turns.py CKPT [N]"""
+may come before the image or after it; later ones always come after it. `--prompt_order` reads each
+prompt as written (nano_cogvlm's image_first off, as in docs/cogvlm.md r7).
+usage: PYTHONPATH=. python scripts/vqa_turns.py CKPT [N] [--prompt_order]"""
 import collections
 import sys
 import torch
 import train
 from data import IGNORE, get_sample
 model, tok, ck = train.load_model(sys.argv[1])
+if "--prompt_order" in sys.argv:
+    sys.argv.remove("--prompt_order")
+    model.cfg.image_first = False
 model.eval()
 col = train.phase_collator(model, tok, {})
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
