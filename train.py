@@ -18,6 +18,7 @@ results.json. A fresh run never touches another run's out_dir unless told to (--
 """
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -97,6 +98,8 @@ def build_parser():
     flag("--steps", type=POSITIVE, default=None, help="optimizer steps per phase (default: the phase's own)")
     flag("--batch_size", type=POSITIVE, default=None, help="samples per micro-batch per process")
     flag("--grad_accum", type=POSITIVE, default=1, help="micro-batches per optimizer step")
+    flag("--length_groups", type=POSITIVE, default=None, help="sort each micro-batch's rows by length and pad them "
+         "in this many groups: less padding, the same gradient (default: the phase's own, else 1)")
     flag("--lr", type=RATE, default=None, help="peak learning rate (default: the phase's own)")
     flag("--min_lr_frac", type=checked(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"), default=0.1,
          help="cosine decays to this fraction of the peak")
@@ -579,6 +582,8 @@ class Trainer:
             self.specs[args.phase]["tasks"] = args.tasks
         if args.eval:
             self.specs[args.phase]["eval"] = args.eval
+        for phase in self.phases:
+            self.plan(phase)  # a plan that cannot run is refused before anything is written
         torch.manual_seed(args.seed)
         self.model = mod.Model(self.cfg).to(self.device)
         self.begun = []  # phases whose begin_phase these weights have been through (kept in checkpoints)
@@ -666,18 +671,24 @@ class Trainer:
         return base.fit(texts, a.min_word_count)
 
     def plan(self, phase):
-        """(steps, lr, batch_size) of a phase: the flags if given, else the recipe's."""
+        """(steps, lr, batch_size, length_groups) of a phase: the flags if given, else the recipe's."""
         spec, a = self.specs[phase], self.args
-        return (spec["steps"] if a.steps is None else a.steps, spec["lr"] if a.lr is None else a.lr,
-                spec["batch_size"] if a.batch_size is None else a.batch_size)
+        B = spec["batch_size"] if a.batch_size is None else a.batch_size
+        # the recipe's groups shrink with a smaller --batch_size; asked for by flag, they must fit
+        groups = min(spec.get("length_groups", 1), B) if a.length_groups is None else a.length_groups
+        if groups > B:
+            raise UserError(f"phase {phase!r}: length_groups {groups} is more than its batch of {B} rows; "
+                            f"pass --length_groups {B} or fewer")
+        return (spec["steps"] if a.steps is None else a.steps, spec["lr"] if a.lr is None else a.lr, B, groups)
 
     def identity(self):
         """What this run is: resuming it with any of these changed would train something else."""
         a = self.args
         run = {k: getattr(a, k) for k in RESUMABLE if hasattr(a, k)}
         run["config"] = dataclasses.asdict(self.cfg)
-        run["phases"] = {p: dict(zip(("steps", "lr", "batch_size"), self.plan(p)), tasks=self.specs[p]["tasks"],
-                                 eval=eval_tasks(self.specs[p])) for p in self.phases}
+        plan = ("steps", "lr", "batch_size", "length_groups")
+        run["phases"] = {p: dict(zip(plan, self.plan(p)), tasks=self.specs[p]["tasks"], eval=eval_tasks(self.specs[p]))
+                         for p in self.phases}
         return run
 
     def find_resume(self):
@@ -782,7 +793,7 @@ class Trainer:
 
     def train_phase(self, phase, gstep, state):
         a, spec = self.args, self.specs[phase]
-        steps, peak_lr, B = self.plan(phase)
+        steps, peak_lr, B, groups = self.plan(phase)
         self.model.set_phase(phase)
         if state is None and phase not in self.begun:  # a fresh start: the phase's one-time set-up
             if hasattr(self.model, "begin_phase"):
@@ -804,7 +815,8 @@ class Trainer:
         elif self.master:
             self.log.write(kind="phase", phase=phase, gstep=gstep)
         per_step = B * a.grad_accum  # items one rank reads per optimizer step
-        loader = iter(make_loader(self.train_data(phase, steps * per_step * self.world), self.collator_for(phase), B,
+        collate = functools.partial(self.collator_for(phase).by_length, groups=groups)
+        loader = iter(make_loader(self.train_data(phase, steps * per_step * self.world), collate, B,
                                   self.rank, self.world, start=step * per_step, workers=a.workers))
         eval_every = a.eval_every or -(-steps // 4)  # ceil: at most 4 evaluations, the last at the end
         deadline = self.deadline(phase)
@@ -814,7 +826,7 @@ class Trainer:
             lr = lr_at(step, steps, peak_lr, a.warmup, a.min_lr_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
-            batches = [next(loader) for _ in range(a.grad_accum)]
+            batches = [b for _ in range(a.grad_accum) for b in next(loader)]
             # weight each micro-batch by its share of the global count of target tokens, so that
             # any split over ranks and micro-batches gives the gradient of one big batch
             counts = torch.tensor([float((b["targets"] != IGNORE).sum()) for b in batches])

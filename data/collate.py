@@ -148,7 +148,19 @@ class Collator:
         return {k: media_batch(k, v) for k, v in items.items()}
 
     def __call__(self, samples):
+        return self.pad(samples, [self.encode(s) for s in samples])
+
+    def by_length(self, samples, groups=1):
+        """The samples sorted by length and split into `groups` batches, each padded only to its own
+        longest row. train.py steps on all of them at once, weighting each by its target tokens, so the
+        gradient is the one batch's (up to float rounding) while less of the work is padding."""
         seqs = [self.encode(s) for s in samples]
+        order = sorted(range(len(samples)), key=lambda i: len(seqs[i][0]))
+        return [self.pad([samples[i] for i in part], [seqs[i] for i in part])
+                for part in np.array_split(order, groups)]
+
+    def pad(self, samples, seqs):
+        """One batch from samples and their encodings: rows padded on the right to the longest."""
         T = max(len(ids) for ids, _ in seqs) - 1
         tokens = np.full((len(samples), T), self.tok.pad, dtype=np.int64)
         targets = np.full((len(samples), T), IGNORE, dtype=np.int64)

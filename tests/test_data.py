@@ -605,6 +605,24 @@ def test_media_targets_and_loss_all():
         Collator(TOK, MEDIA_TOKENS, loss="prompts")
 
 
+def test_by_length_groups_are_the_batch_sorted_and_padded_apiece():
+    """by_length splits a batch into groups of rows sorted by length, each padded to its own longest:
+    the same rows (and their media) as one batch, on fewer positions."""
+    batch = mixed_batch()
+    one, groups = COLLATE(batch), COLLATE.by_length(batch, 3)
+    assert len(groups) == 3 and sum(len(g["tasks"]) for g in groups) == len(batch)
+    lengths = [int((row != TOK.pad).sum()) for g in groups for row in g["tokens"]]
+    assert lengths == sorted(lengths) and all(g["tokens"].size(1) == max(
+        int((row != TOK.pad).sum()) for row in g["tokens"]) for g in groups)  # no column of padding only
+    assert sum(g["tokens"].numel() for g in groups) < one["tokens"].numel()
+    rows = {tuple(r[r != TOK.pad].tolist()) for r in one["tokens"]}
+    assert rows == {tuple(r[r != TOK.pad].tolist()) for g in groups for r in g["tokens"]}
+    for kind, items in one["media"].items():  # the same media items, each with its own row
+        assert sum(g["media"].get(kind, items[:0]).size(0) for g in groups) == items.size(0)
+    assert COLLATE.by_length(batch)[0]["tokens"].equal(one["tokens"][sorted(
+        range(len(batch)), key=lambda i: int((one["tokens"][i] != TOK.pad).sum()))])
+
+
 def test_answer_length_expands_media():
     assert COLLATE.length("<image>") == 5 and COLLATE.length("top left") == 2
     assert COLLATE.length("<video> and") == 4 + 1 and COLLATE.length("<audio>") == 3

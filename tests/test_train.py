@@ -106,6 +106,16 @@ def test_grad_accumulation_equals_big_batch(tmp_path):
         assert abs(x - y) < 1e-5
 
 
+def test_length_groups_equal_one_batch(tmp_path):
+    """A batch of 8 sorted by length and padded in 4 groups gives one padded batch's updates, on
+    fewer token positions (the losses are token-weighted; images travel with their rows)."""
+    common = ["--phase", "instruct", "--steps", "3", "--no_final_eval", "--eval_every", "100", "--batch_size", "8"]
+    run(tmp_path / "one", *common)
+    run(tmp_path / "groups", *common, "--length_groups", "4")
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "groups")
+    assert len(a) == len(b) == 3 and all(abs(x - y) < 1e-5 for (_, _, x), (_, _, y) in zip(a, b))
+
+
 def test_ddp_two_processes_equal_one(tmp_path):
     """torchrun with 2 CPU processes (gloo), 2 micro-batches of 2 each, matches one process with
     batch 8: same data, same token-weighted gradient. Tolerance 1e-4 on the loss (float sums of
@@ -253,6 +263,8 @@ def fails(capsys, argv, message):
     (["--model", "llava", "--batch_size", "0"], "argument --batch_size: expects a whole number above 0"),
     (["--model", "llava", "--grad_accum", "0"], "argument --grad_accum: expects a whole number above 0"),
     (["--model", "llava", "--lr", "0"], "argument --lr: expects a number above 0"),
+    (["--model", "llava", "--batch_size", "8", "--length_groups", "9"],
+     "phase 'text': length_groups 9 is more than its batch of 8 rows; pass --length_groups 8 or fewer"),
     (["--model", "llava", "--lr=-1e-3"], "argument --lr: expects a number above 0"),
     (["--model", "llava", "--eval_samples", "0"], "argument --eval_samples: expects a whole number above 0"),
     (["--model", "llava", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
