@@ -47,7 +47,8 @@ nano_llava measured that image tokens far above word scale stall a pre-norm deco
 No referring-expression data, no EMA, no ViT unfreezing in SFT. The conversation template is
 <bos> user <sep> assistant <eos>. The toy prompts name the image before or after the question;
 the decoder reads every image right after <bos>, as CogVLM's input builder writes it (image_first:
-test VQA 0.980, against r6's 0.910 read as written; docs/cogvlm.md r8). Measurements: docs/cogvlm.md.
+r6's checkpoint answers 0.966 so, against 0.910 read as written; docs/cogvlm.md r8). Measurements:
+docs/cogvlm.md.
 """
 import math
 from dataclasses import dataclass

@@ -3,7 +3,8 @@ words, per question kind, and the commonest wrong answers. What the LM can look 
 what it can look up among image tokens, since its text positions never train after 'text'.
 usage: PYTHONPATH=. python scripts/judge_text.py CKPT [N] [TASK]   (TASK: text (default) or read;
 for read, each sample is cut after its first answer, so every question kind is judged, and the kinds
-are judged again on scenes of 2-3 shapes, split by whether the question comes before the scene or after)"""
+are judged again on scenes of 2-3 shapes, split by whether the question comes before the scene or after;
+position, by the number of shapes)"""
 import collections
 import re
 import sys
@@ -34,10 +35,16 @@ for kind in ("size", "colour"):  # words the corpus uses alike: (small, large), 
     print(f"{kind}: (truth, reply) counts", collections.Counter(zip(truths, replies)).most_common(6))
 prompts, truths = zip(*map(Collator.prompt, by.get("position", [])))
 replies, _ = train.answer(model, col, list(prompts), 4, "cpu")
-wrong = [(p, r) for p, t, r in zip(prompts, truths, replies) if r != t]
-places = [re.findall(r"at the ([a-z ]+?)(?= and|\.)", p["conversations"][0]["value"]) for p, _ in wrong]
-print(f"position: {len(wrong)} wrong, {sum(r in ps for (_, r), ps in zip(wrong, places))} of them another "
-      "object's place in the scene (a binding error)")
+wrong = [(p, r, t) for p, t, r in zip(prompts, truths, replies) if r != t]
+places = [re.findall(r"at the ([a-z ]+?)(?= and|\.)", p["conversations"][0]["value"]) for p, _, _ in wrong]
+print(f"position: {len(wrong)} wrong, {sum(r in ps for (_, r, _), ps in zip(wrong, places))} of them another "
+      f"object's place in the scene (a binding error), {sum(r.split()[:1] == t.split()[:1] for _, r, t in wrong)} "
+      "with the first word right")
+shapes = {}  # a scene's shapes are all different, so naming the shape is enough to find its place
+for p, t, r in zip(prompts, truths, replies):
+    shapes.setdefault(p["conversations"][0]["value"].count(" at the "), []).append(r == t)
+print("position by the scene's number of shapes (chance among its places 1/n):",
+      "  ".join(f"{n}: {sum(v) / len(v):.2f} ({len(v)})" for n, v in sorted(shapes.items())))
 if task == "read":  # on 2-3 shapes, by layout: `vqa` puts the image before or after the question alike
     split = {}
     for kind, ss in by.items():
