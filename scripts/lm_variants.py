@@ -14,6 +14,7 @@ usage: PYTHONPATH=. python scripts/lm_variants.py VARIANTS OUT_DIR [train.py arg
   folded  `text`'s bare scene descriptions (1 sample in 8) followed by the `sizes` counts
   qfirst  `read` always asks its first question before the scene (at random otherwise, as `vqa` does)
   sfirst  `read` always puts the scene first, the layout nano_cogvlm's image_first reads (r8)
+  posN    questions ask for a position N times as often as for each other kind (in `read` and `text`)
   and the tasks (name them in --tasks) `echo`: a scene in words, then the same again, a copy; and
   `places`: a scene in words, then where each of its shapes is, in a random order; and `atplace`: a
   scene in words, then "what is at the P?" of each of its shapes, in a random order, answered "the C S"
@@ -106,7 +107,11 @@ if "qfirst" in changes:
     tasks.with_image = lambda question, rng: (rng.random(), f"{question}\n<image>")[1]  # the same draws
 if "sfirst" in changes:
     tasks.with_image = lambda question, rng: (rng.random(), f"<image>\n{question}")[1]
+kinds = tasks.VQA_KINDS
+for c in changes:
+    if c.startswith("pos"):
+        tasks.VQA_KINDS = kinds + ("position",) * (int(c[3:]) - 1)
 train.main(["--model", "cogvlm", "--phase", "text", "--out_dir", out, "--no_final_eval"] + sys.argv[3:])
-tasks.with_image = with_image  # judged on the test split as it is
+tasks.with_image, tasks.VQA_KINDS = with_image, kinds  # judged on the test split as it is
 sys.argv = ["judge_text.py", f"{out}/text.pt", "600", "read"]
 runpy.run_path("scripts/judge_text.py", run_name="__main__")
