@@ -153,9 +153,10 @@ class Collator:
     def by_length(self, samples, groups=1):
         """The samples sorted by length and split into `groups` batches, each padded only to its own
         longest row. train.py steps on all of them at once, weighting each by its target tokens, so the
-        gradient is the one batch's (up to float rounding) while less of the work is padding."""
+        gradient is the one batch's (up to float rounding) while less of the work is padding. One group
+        is the batch as it comes, unsorted, so a recipe without groups trains exactly as before."""
         seqs = [self.encode(s) for s in samples]
-        order = sorted(range(len(samples)), key=lambda i: len(seqs[i][0]))
+        order = sorted(range(len(samples)), key=lambda i: len(seqs[i][0])) if groups > 1 else range(len(samples))
         return [self.pad([samples[i] for i in part], [seqs[i] for i in part])
                 for part in np.array_split(order, groups)]
 
