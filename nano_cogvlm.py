@@ -496,7 +496,7 @@ PHASES = {
     # reading comprehension in the chat template, since every answer the frozen LM gives it looks up,
     # 4x as often as plain sentences (it reads better so: docs/cogvlm.md, r6); and `sizes`, without
     # which it never tells small from large (docs/cogvlm.md, r4). Its rows differ in length by 3x:
-    # padded in 4 groups by length, a step is 26% faster with the same gradient (r9)
+    # padded in 4 groups by length, a step takes 24% less time with the same gradient (r9)
     "text": dict(train=["decoder"], tasks={"text": 0.25, "read": 1.0, "sizes": 0.25}, eval=["read"], steps=500,
                  lr=3e-3, batch_size=64, length_groups=4),
     "vision": dict(train=["encoder", "cell_head", "pos_head", "bag_head"], tasks={"cells": 1.0}, steps=500,

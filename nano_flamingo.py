@@ -540,7 +540,7 @@ class Model(nn.Module):
 PHASES = {
     # reading comprehension in the chat template too, since every answer the frozen LM gives it looks
     # up; and `sizes`, without which it never tells small from large (docs/cogvlm.md, r4); padded in 4
-    # groups by length, a step is a third faster with the same gradient (docs/flamingo.md, r4)
+    # groups by length, a step takes 27% less time with the same gradient (docs/flamingo.md, r4)
     "text": dict(train=["decoder"], tasks={"text": 1.0, "read": 1.0, "sizes": 0.25}, eval=["read"], steps=600,
                  lr=3e-3, batch_size=64, length_groups=4),
     "vision": dict(train=["encoder", "cell_head", "pos_head"], tasks={"cells": 1.0}, steps=500, lr=1.4e-3,
