@@ -44,7 +44,9 @@ Resampler: the paper has none, since a conv net's features carry where they are,
 features were pre-trained with a head that knew each cell by its slot, so without it the Resampler,
 a set function, cannot tell where a shape is (docs/flamingo.md measures it); for the same reason
 the 'vision' phase also trains each patch to name its own cell (cell_pos), so that where a patch is
-lies in its content, which the Resampler's latents can keep; a gate_scale multiplier
+lies in its content, which the Resampler's latents can keep; an optional per-patch code on the
+Resampler's values (where_std, off by default) lets a latent carry where it looked at a scale the
+read-out learns (docs/flamingo.md, r5); a gate_scale multiplier
 lets the gates move faster than the rest (1.0: the paper's); the LM's head is untied from its
 embedding, since tied the toy LM merges words its corpus uses alike (docs/flamingo.md, r2); Adam
 with a cosine schedule instead of a constant rate; the dataset weights are sampling weights, not
@@ -82,6 +84,7 @@ class Config:
     vit_mlp: int = 512
     max_frames: int = 8            # learned time embeddings (sec 3.1.1); an image is a 1-frame video
     space_emb: bool = True         # per-patch position embedding before the Resampler (not in the paper)
+    where_std: float = 0.0         # init std of a per-patch code on the Resampler's values (0: off; not in the paper)
     cell_pos: bool = True          # 'vision' also trains each patch to name its own cell (see cell_words)
     # Perceiver Resampler (sec 3.1.1, Fig 4): runs at the ViT's width
     n_latents: int = 16
@@ -298,6 +301,10 @@ class Resampler(nn.Module):
             kv=nn.Linear(D, 2 * D, bias=False), out=nn.Linear(D, D, bias=False), ffw=FFW(D, 4)))
             for _ in range(cfg.resampler_layers))
         self.norm = nn.LayerNorm(D)
+        # A latent's attention tells it *what* it looked at; a per-patch code added to the values (not
+        # the keys) tells it *where*. Without it the place is 1.5% of the latents' variance and the
+        # read-out does not learn it; with std 0.5, a third (docs/flamingo.md, r5)
+        self.where = nn.Parameter(torch.randn(n_patch, D) * cfg.where_std) if cfg.where_std else None
 
     def forward(self, x):  # x (N, F, P, D) frame features -> (N, n_latents, D)
         N, Fr, P, D = x.shape
@@ -309,11 +316,15 @@ class Resampler(nn.Module):
         x = x.flatten(1, 2)  # (N, F*P, D): frames and patches are one set to attend over
         lat = self.latents.expand(N, -1, -1)  # (N, L, D)
         H, hd, L = self.n_head, D // self.n_head, lat.size(1)
+        where = 0
+        if self.where is not None:  # (H, F*P+L, hd): each patch's code, nothing on the latents' own values
+            where = F.pad(self.where.repeat(Fr, 1), (0, 0, 0, L)).view(-1, H, hd).transpose(0, 1)
         for layer in self.layers:
             q = layer["q"](layer["norm_q"](lat)).view(N, L, H, hd).transpose(1, 2)  # (N, H, L, hd)
             kv = torch.cat([layer["norm_x"](x), layer["norm_q"](lat)], 1)  # latents also attend to themselves
             k, v = layer["kv"](kv).view(N, kv.size(1), 2, H, hd).permute(2, 0, 3, 1, 4)  # 2x (N, H, F*P+L, hd)
-            lat = lat + layer["out"](F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(N, L, D))
+            att = F.scaled_dot_product_attention(q, k, v + where)  # (N, H, L, hd)
+            lat = lat + layer["out"](att.transpose(1, 2).reshape(N, L, D))
             lat = lat + layer["ffw"](lat)
         return self.norm(lat)
 

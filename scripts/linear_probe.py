@@ -1,7 +1,11 @@
-"""A linear probe, shared by the probing scripts: standardise features on the fit rows, fit a
-linear classifier with Adam, and score it on the other rows."""
+"""Shared by the probing scripts: a linear probe (standardise features on the fit rows, fit a linear
+classifier with Adam, score it on the other rows), the variance share a label explains, and
+single-object images labelled by cell and by object."""
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from data import world
 
 
 def probe(f, y, fit, k, steps=300):
@@ -16,3 +20,23 @@ def probe(f, y, fit, k, steps=300):
         opt.zero_grad(), loss.backward(), opt.step()
     right = (f @ w + b).argmax(1) == y
     return float(right[~fit].float().mean()), float(right[fit].float().mean()), float(loss)
+
+
+def share(f, label):
+    """The fraction of the variance of features f (N, D) that the means of label's (N,) groups explain."""
+    f = f - f.mean(0)
+    means = torch.zeros_like(f)
+    for v in label.unique():
+        means[label == v] = f[label == v].mean(0)
+    return float(means.pow(2).sum() / f.pow(2).sum())
+
+
+def one_object_images(n, seed=0):
+    """n single-object images (n, 3, H, W) in [0, 1], each object's cell (n,) and its (colour, shape) as an id (n,)."""
+    rng = np.random.default_rng(seed)
+    imgs, cell, obj = [], [], []
+    for _ in range(n):
+        o = world.sample_scene(rng, max_objects=1)[0]
+        imgs.append(torch.from_numpy(world.render_scene([o], rng).copy()).permute(2, 0, 1).float() / 255)
+        cell.append(o.cell), obj.append(f"{o.colour} {o.shape}")
+    return torch.stack(imgs), torch.tensor(cell), torch.tensor([sorted(set(obj)).index(o) for o in obj])

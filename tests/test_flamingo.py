@@ -5,7 +5,8 @@ covers shapes, causality, the DDP rule, strict loading and the KV cache in gener
 - the mixture phase changes no weight of the frozen LM or ViT (sec 3.2.3);
 - the image-causal mask (sec 3.1.3): a token cross-attends to the last image before it only, a token
   before any image to nothing, and the "all previous images" ablation to images 1..last;
-- the Perceiver Resampler returns n_latents tokens whatever the frames and patches (sec 3.1.1);
+- the Perceiver Resampler returns n_latents tokens whatever the frames and patches (sec 3.1.1), and
+  the where code on its values tells a latent where it looked, which a set function cannot;
 - generation caches the cross-attention keys/values once and still equals recomputation.
 """
 import math
@@ -151,8 +152,8 @@ def test_token_after_image_2_attends_to_image_2_only(mode):
 
 
 def test_resampler_returns_n_latents_tokens_for_any_frames_and_patches():
-    for space in (False, True):
-        m = make(space_emb=space)
+    for space in (False, True):  # per-patch codes (space_emb, where_std) fix the patch count
+        m = make(space_emb=space, where_std=0.5 if space else 0.0)
         P, width = (m.cfg.image_size // m.cfg.patch) ** 2, m.cfg.vit_embd
         for frames in (1, 3, m.cfg.max_frames):
             for patches in ([P] if space else [4, P, 100]):
@@ -160,6 +161,20 @@ def test_resampler_returns_n_latents_tokens_for_any_frames_and_patches():
                 assert out.shape == (2, m.cfg.n_latents, m.cfg.vit_embd)
     with pytest.raises(ValueError):
         m.resampler(torch.randn(1, m.cfg.max_frames + 1, P, width))
+
+
+def test_where_code_tells_a_latent_where_it_looked():
+    """With no place in the keys (space_emb off) the Resampler is a set function: the same features
+    moved to other patches give the same latents. The where code on the values breaks that, so a
+    latent carries where the patches it read lie (docs/flamingo.md, r5)."""
+    for where in (0.0, 0.5):
+        m = make(space_emb=False, where_std=where)
+        P = (m.cfg.image_size // m.cfg.patch) ** 2
+        x = torch.randn(2, 1, P, m.cfg.vit_embd, generator=torch.Generator().manual_seed(0))
+        moved = x[:, :, torch.randperm(P, generator=torch.Generator().manual_seed(1))]
+        with torch.no_grad():
+            same = torch.allclose(m.resampler(x), m.resampler(moved), atol=1e-5)
+        assert same == (where == 0.0), where
 
 
 @pytest.mark.parametrize("mode", ["last", "all"])
